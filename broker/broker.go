@@ -1,0 +1,346 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-dev/weft/triggers"
+)
+
+// Stream and subject names. Subjects carry the trigger name as their last
+// token; trigger names are DNS labels, which are valid subject tokens.
+const (
+	eventsStream     = "WEFT_EVENTS"
+	deliveriesStream = "WEFT_DELIVERIES"
+	dlqStream        = "WEFT_DLQ"
+
+	eventsSubject   = "weft.events.default"
+	deliverPrefix   = "weft.deliver."
+	dlqPrefix       = "weft.dlq."
+	ingressSubjects = "weft.in.>"
+
+	dispatchConsumer = "dispatch"
+	// DefaultBroker is the one broker a node has; Triggers name it in spec.broker.
+	DefaultBroker = "default"
+)
+
+// Config configures a Broker. The zero value of every field but DataDir means
+// its documented default.
+type Config struct {
+	// DataDir holds JetStream's files under DataDir/jetstream. Required.
+	DataDir string
+	// NATSAddr is the host:port NATS clients connect to; port 0 picks a free
+	// port. Empty means no listener: only in-process clients.
+	NATSAddr string
+	// RelaxedSync turns off SyncAlways: JetStream then fsyncs every 2 minutes
+	// (its own default), which is much faster but can lose acknowledged events
+	// when the machine (not just weft) crashes. Default false.
+	RelaxedSync bool
+	// DedupWindow is how long a (source, id) pair is remembered. Default 2m.
+	DedupWindow time.Duration
+	// MaxStoreBytes caps JetStream's file storage. Zero means nats-server's
+	// default (75% of free disk).
+	MaxStoreBytes int64
+	// MaxInflight bounds publishes waiting for storage; beyond it Store returns
+	// ErrOverloaded. Default 4096.
+	MaxInflight int
+	// PublishTimeout bounds waiting for JetStream to confirm storage. Default 5s.
+	PublishTimeout time.Duration
+	// AckWait is how long JetStream waits for a delivery's ack before handing
+	// it out again; long deliveries report progress. Default 30s.
+	AckWait time.Duration
+	// DispatchWorkers is how many stored events are matched and fanned out at
+	// once. Default 16.
+	DispatchWorkers int
+	// TriggerWorkers is how many deliveries of one trigger run at once.
+	// Default 32.
+	TriggerWorkers int
+	// DrainTimeout bounds how long Run waits for in-flight deliveries when it
+	// stops; the rest are redelivered after restart. Default 10s.
+	DrainTimeout time.Duration
+	// Ingress configures the HTTP ingress.
+	Ingress IngressConfig
+}
+
+func (c Config) withDefaults() Config {
+	if c.DedupWindow == 0 {
+		c.DedupWindow = 2 * time.Minute
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 4096
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = 5 * time.Second
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.DispatchWorkers == 0 {
+		c.DispatchWorkers = 16
+	}
+	if c.TriggerWorkers == 0 {
+		c.TriggerWorkers = 32
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	c.Ingress = c.Ingress.withDefaults()
+	return c
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("broker: DataDir is required")
+	}
+	if c.NATSAddr != "" {
+		if _, _, err := net.SplitHostPort(c.NATSAddr); err != nil {
+			return fmt.Errorf("broker: NATSAddr %q: %w", c.NATSAddr, err)
+		}
+	}
+	if c.DedupWindow < time.Second {
+		return fmt.Errorf("broker: DedupWindow %s is below 1s", c.DedupWindow)
+	}
+	if c.AckWait < time.Second {
+		return fmt.Errorf("broker: AckWait %s is below 1s", c.AckWait)
+	}
+	return c.Ingress.Validate()
+}
+
+// Broker is the event plane of one node. Create it with New, feed it triggers
+// with SetTriggers (before or after Run), and run it with Run. Its methods are
+// safe for concurrent use.
+type Broker struct {
+	cfg       Config
+	log       *slog.Logger
+	metrics   *Metrics
+	deliverer Deliverer
+
+	index    atomic.Pointer[triggers.Index]
+	inflight chan struct{} // semaphore of publishes awaiting storage
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	conn      atomic.Pointer[conn] // set while running
+
+	mu      sync.Mutex // guards runners and runCtx
+	runners map[string]*runner
+	runCtx  context.Context // nil until Run started the runners
+
+	replays replays
+	wg      sync.WaitGroup // runners and dispatch workers
+}
+
+// conn is the in-process connection and the JetStream handles of a running
+// broker.
+type conn struct {
+	ns   *server.Server
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	dlq  jetstream.Stream
+	dels jetstream.Stream
+}
+
+// New validates cfg and returns a Broker that delivers through d. It starts
+// nothing; Run does.
+func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = NewMetrics()
+	}
+	b := &Broker{
+		cfg:       cfg,
+		log:       log,
+		metrics:   m,
+		deliverer: d,
+		inflight:  make(chan struct{}, cfg.MaxInflight),
+		ready:     make(chan struct{}),
+		runners:   map[string]*runner{},
+	}
+	b.index.Store(triggers.NewIndex(nil))
+	b.replays.byID = map[string]*ReplayStatus{}
+	return b, nil
+}
+
+// Ready is closed once the broker stores and dispatches events.
+func (b *Broker) Ready() <-chan struct{} { return b.ready }
+
+// NATSURL is the URL external NATS clients use, or "" before Run is ready or
+// when the broker has no listener.
+func (b *Broker) NATSURL() string {
+	c := b.conn.Load()
+	if c == nil || b.cfg.NATSAddr == "" {
+		return ""
+	}
+	return c.ns.ClientURL()
+}
+
+// Run starts the embedded nats-server, creates the streams, and dispatches
+// until ctx ends; then it stops the ingress, drains in-flight deliveries for
+// at most DrainTimeout, and shuts the server down.
+func (b *Broker) Run(ctx context.Context) error {
+	c, err := b.start()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		b.conn.Store(nil)
+		c.nc.Close()
+		c.ns.Shutdown()
+		c.ns.WaitForShutdown()
+	}()
+	if err := b.ensureStreams(ctx, c); err != nil {
+		return err
+	}
+	b.conn.Store(c)
+
+	sub, err := b.startNATSIngress(ctx, c)
+	if err != nil {
+		return err
+	}
+	stopDispatch, err := b.startDispatcher(ctx, c)
+	if err != nil {
+		sub.stop()
+		return err
+	}
+	b.mu.Lock()
+	b.runCtx = ctx
+	b.reconcileLocked(b.index.Load())
+	b.mu.Unlock()
+
+	b.readyOnce.Do(func() { close(b.ready) })
+	b.log.Info("broker ready", "nats", b.NATSURL(), "sync_always", !b.cfg.RelaxedSync)
+	<-ctx.Done()
+
+	sub.stop()
+	stopDispatch()
+	b.mu.Lock()
+	for name, r := range b.runners {
+		r.stop()
+		delete(b.runners, name)
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+	return nil
+}
+
+func (b *Broker) start() (*conn, error) {
+	opts := &server.Options{
+		ServerName: "weft",
+		JetStream:  true,
+		StoreDir:   filepath.Join(b.cfg.DataDir, "jetstream"),
+		SyncAlways: !b.cfg.RelaxedSync,
+		NoSigs:     true,
+		NoLog:      false,
+		MaxPayload: 1 << 20,
+	}
+	if b.cfg.MaxStoreBytes > 0 {
+		opts.JetStreamMaxStore = b.cfg.MaxStoreBytes
+	}
+	if b.cfg.NATSAddr == "" {
+		opts.DontListen = true
+	} else {
+		host, port, _ := net.SplitHostPort(b.cfg.NATSAddr) // checked in Validate
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("broker: NATS port %q: %w", port, err)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, p
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("broker: start nats-server: %w", err)
+	}
+	ns.SetLoggerV2(natsLogger{b.log.With("component", "nats")}, false, false, false)
+	go ns.Start() // owned by ns: Shutdown stops it and WaitForShutdown waits
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("broker: nats-server not ready after 30s (is the NATS port taken?)")
+	}
+	if jsc := ns.JetStreamConfig(); jsc == nil || jsc.SyncAlways != !b.cfg.RelaxedSync {
+		ns.Shutdown()
+		return nil, errors.New("broker: nats-server does not report the requested JetStream sync mode")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("weft-broker"), nats.MaxReconnects(-1))
+	if err != nil {
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: in-process connection: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(b.cfg.MaxInflight))
+	if err != nil {
+		nc.Close()
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: jetstream: %w", err)
+	}
+	return &conn{ns: ns, nc: nc, js: js}, nil
+}
+
+func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
+	cfgs := []jetstream.StreamConfig{
+		{
+			Name: eventsStream, Subjects: []string{eventsSubject},
+			Description: "CloudEvents accepted by the ingress, until the dispatcher fanned them out",
+			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20,
+		},
+		{
+			Name: deliveriesStream, Subjects: []string{deliverPrefix + ">"},
+			Description: "one message per (event, matching trigger), until delivered or dead-lettered",
+			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20,
+		},
+		{
+			Name: dlqStream, Subjects: []string{dlqPrefix + ">"},
+			Description: "dead letters per trigger, kept until replayed or purged",
+			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			MaxMsgSize: 1 << 20,
+		},
+	}
+	for _, sc := range cfgs {
+		s, err := c.js.CreateOrUpdateStream(ctx, sc)
+		if err != nil {
+			return fmt.Errorf("broker: stream %s: %w", sc.Name, err)
+		}
+		switch sc.Name {
+		case dlqStream:
+			c.dlq = s
+		case deliveriesStream:
+			c.dels = s
+		}
+	}
+	return nil
+}
+
+// SetTriggers swaps in a new trigger index: new triggers get a durable
+// consumer, removed ones lose theirs and their pending deliveries, changed
+// ones take effect on their next delivery. It never fails half-way: the index
+// was validated when it was built.
+func (b *Broker) SetTriggers(idx *triggers.Index) {
+	b.index.Store(idx)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.runCtx != nil {
+		b.reconcileLocked(idx)
+	}
+}
+
+// Triggers returns the index in force.
+func (b *Broker) Triggers() *triggers.Index { return b.index.Load() }

@@ -1,0 +1,123 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/weft-dev/weft/internal/ceclient"
+	"github.com/weft-dev/weft/triggers"
+)
+
+// Middleware wraps a Deliverer. A trigger's chain is
+// Retry(policy)(Timeout(policy.Timeout)(deliverer)): the timeout bounds each
+// attempt, the retry loop spans them; dead-lettering happens in the runner,
+// which owns the JetStream message.
+type Middleware func(Deliverer) Deliverer
+
+// Timeout bounds each attempt; the subscriber sees the deadline through ctx.
+// A zero d leaves ctx as it is.
+func Timeout(d time.Duration) Middleware {
+	return func(next Deliverer) Deliverer {
+		if d <= 0 {
+			return next
+		}
+		return DelivererFunc(func(ctx context.Context, t string, ev event.Event) (*event.Event, error) {
+			ctx, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			return next.Deliver(ctx, t, ev)
+		})
+	}
+}
+
+// Attempt is one delivery attempt, as kept in a dead letter's history.
+type Attempt struct {
+	Time time.Time `json:"time"`
+	// Status is the subscriber's HTTP status, 0 when none came back.
+	Status int `json:"status,omitempty"`
+	// Error describes a failure; empty on success.
+	Error     string  `json:"error,omitempty"`
+	LatencyMS float64 `json:"latencyMs"`
+}
+
+// defaultRetryAfterMax caps an honoured Retry-After when the trigger sets no
+// retryAfterMax, so one subscriber cannot park a delivery for hours.
+const defaultRetryAfterMax = 30 * time.Second
+
+// Retry runs attempts per the Knative delivery policy p: up to p.Attempts(),
+// waiting p.Backoff(n) between them (or a 429/503's Retry-After, capped by
+// retryAfterMax), retrying network errors, timeouts and the statuses Knative
+// retries. record, if not nil, sees every attempt. It stops early when ctx
+// ends and returns ctx's error then.
+func Retry(p triggers.Policy, record func(Attempt)) Middleware {
+	return func(next Deliverer) Deliverer {
+		return DelivererFunc(func(ctx context.Context, t string, ev event.Event) (*event.Event, error) {
+			attempts := p.Attempts()
+			for n := 1; ; n++ {
+				start := time.Now()
+				reply, err := next.Deliver(ctx, t, ev)
+				if record != nil {
+					record(attemptOf(start, err))
+				}
+				if err == nil {
+					return reply, nil
+				}
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				if n >= attempts || !retryable(err) {
+					return nil, err
+				}
+				wait := p.Backoff(n)
+				if ra := honouredRetryAfter(err, p.RetryAfterMax); ra > wait {
+					wait = ra
+				}
+				timer := time.NewTimer(wait)
+				select {
+				case <-timer.C:
+				case <-ctx.Done():
+					timer.Stop()
+					return nil, ctx.Err()
+				}
+			}
+		})
+	}
+}
+
+func attemptOf(start time.Time, err error) Attempt {
+	a := Attempt{Time: start.UTC(), LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
+	if err == nil {
+		a.Status = http.StatusOK
+		return a
+	}
+	a.Error = err.Error()
+	if se, ok := ceclient.IsStatus(err); ok {
+		a.Status = se.Code
+	}
+	return a
+}
+
+// retryable follows Knative: transport errors and timeouts are retried, and
+// of HTTP answers only those triggers.Retryable names; a malformed reply event
+// is the subscriber's bug and is not.
+func retryable(err error) bool {
+	if se, ok := ceclient.IsStatus(err); ok {
+		return triggers.Retryable(se.Code)
+	}
+	var re *ceclient.ReplyError
+	return !errors.As(err, &re)
+}
+
+func honouredRetryAfter(err error, max time.Duration) time.Duration {
+	se, ok := ceclient.IsStatus(err)
+	if !ok || se.RetryAfter <= 0 || (se.Code != http.StatusTooManyRequests && se.Code != http.StatusServiceUnavailable) {
+		return 0
+	}
+	if max <= 0 {
+		max = defaultRetryAfterMax
+	}
+	return min(se.RetryAfter, max)
+}

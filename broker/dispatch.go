@@ -1,0 +1,144 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-dev/weft/triggers"
+)
+
+// startDispatcher consumes stored events, matches each against the trigger
+// index, and stores one delivery per matching trigger. An event is acked only
+// after all its deliveries are stored; a crash in between redelivers it and
+// the per-(event, trigger) message IDs keep the fan-out from doubling.
+func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err error) {
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, eventsStream, jetstream.ConsumerConfig{
+		Durable:       dispatchConsumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       b.cfg.AckWait,
+		MaxAckPending: b.cfg.DispatchWorkers * 64,
+		Description:   "matches stored events against triggers",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: dispatch consumer: %w", err)
+	}
+	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending already bounds what is in flight
+	for range b.cfg.DispatchWorkers {
+		b.wg.Go(func() {
+			for msg := range work {
+				b.dispatch(ctx, c, msg)
+			}
+		})
+	}
+	var closeOnce sync.Once
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case work <- msg:
+		case <-ctx.Done(): // not acked: redelivered after restart
+		}
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		b.log.Debug("dispatch consumer", "err", err)
+	}))
+	if err != nil {
+		close(work)
+		return nil, fmt.Errorf("broker: consume events: %w", err)
+	}
+	return func() {
+		cc.Stop()
+		<-cc.Closed()
+		closeOnce.Do(func() { close(work) })
+	}, nil
+}
+
+func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
+	var ev event.Event
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+		// Only validated events are stored; an unreadable one cannot get
+		// better by redelivery.
+		b.log.Error("dropping unreadable stored event", "err", err)
+		_ = msg.Term()
+		return
+	}
+	meta, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Nak()
+		return
+	}
+	matched := b.index.Load().Match(ev)
+	futures := make([]jetstream.PubAckFuture, 0, len(matched))
+	for _, tr := range matched {
+		if tr.Broker != "" && tr.Broker != DefaultBroker {
+			continue
+		}
+		out := nats.NewMsg(deliverPrefix + tr.Name)
+		out.Data = msg.Data()
+		out.Header.Set(hdrTrigger, tr.Name)
+		id := fmt.Sprintf("%d.%s", meta.Sequence.Stream, tr.Name)
+		f, err := c.js.PublishMsgAsync(out, jetstream.WithMsgID(id), jetstream.WithExpectStream(deliveriesStream))
+		if err != nil {
+			b.log.Warn("fan-out publish failed; event will be redelivered", "event_id", ev.ID(), "trigger", tr.Name, "err", err)
+			_ = msg.Nak()
+			return
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			b.log.Warn("fan-out not stored; event will be redelivered", "event_id", ev.ID(), "err", err)
+			_ = msg.Nak()
+			return
+		case <-ctx.Done():
+			return // not acked: redelivered after restart
+		}
+	}
+	b.log.Debug("dispatched", "event_id", ev.ID(), "event_type", ev.Type(), "matches", len(futures))
+	if err := msg.DoubleAck(ctx); err != nil {
+		b.log.Debug("ack of dispatched event", "event_id", ev.ID(), "err", err)
+	}
+}
+
+// reconcileLocked starts a runner for every trigger without one and stops the
+// runners of triggers that are gone, deleting their consumer and pending
+// deliveries. b.mu must be held.
+func (b *Broker) reconcileLocked(idx *triggers.Index) {
+	want := map[string]bool{}
+	for _, tr := range idx.All() {
+		want[tr.Name] = true
+		if _, ok := b.runners[tr.Name]; !ok {
+			b.runners[tr.Name] = b.startRunner(b.runCtx, tr.Name)
+		}
+	}
+	for name, r := range b.runners {
+		if want[name] {
+			continue
+		}
+		r.stop()
+		delete(b.runners, name)
+		if c := b.conn.Load(); c != nil {
+			b.forgetTrigger(c, name)
+		}
+	}
+}
+
+// forgetTrigger removes a deleted trigger's consumer and pending deliveries.
+// Its dead letters stay: they are the user's to inspect or purge.
+func (b *Broker) forgetTrigger(c *conn, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	defer cancel()
+	if err := c.js.DeleteConsumer(ctx, deliveriesStream, consumerName(name)); err != nil {
+		b.log.Debug("delete trigger consumer", "trigger", name, "err", err)
+	}
+	if err := c.dels.Purge(ctx, jetstream.WithPurgeSubject(deliverPrefix+name)); err != nil {
+		b.log.Warn("purge deliveries of deleted trigger", "trigger", name, "err", err)
+	}
+}
+
+func consumerName(trigger string) string { return "trigger-" + trigger }

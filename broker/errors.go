@@ -1,0 +1,14 @@
+package broker
+
+import "errors"
+
+// Sentinel errors of the broker. The ingress translates them at its edge:
+// ErrOverloaded → 429, ErrUnavailable → 503, both with Retry-After.
+var (
+	// ErrOverloaded is returned by Publish when the ingress limit of in-flight
+	// publishes is reached.
+	ErrOverloaded = errors.New("broker: overloaded")
+	// ErrUnavailable is returned by Publish when JetStream did not confirm
+	// storage (stopped, out of resources, timed out). Nothing was acknowledged.
+	ErrUnavailable = errors.New("broker: storage unavailable")
+)

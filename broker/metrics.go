@@ -1,0 +1,56 @@
+package broker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics holds the broker's Prometheus collectors. Register them once with
+// Register; a nil *Metrics is not allowed, use NewMetrics.
+type Metrics struct {
+	Received     *prometheus.CounterVec // by transport: http, nats
+	Rejected     *prometheus.CounterVec // by reason: invalid, too_large, unsupported_media_type, method, overloaded, unavailable, timeout
+	Stored       prometheus.Counter
+	Duplicates   prometheus.Counter
+	Delivered    *prometheus.CounterVec // by trigger
+	Retried      *prometheus.CounterVec // by trigger
+	DeadLettered *prometheus.CounterVec // by trigger, reason: retries_exhausted, not_retryable, ttl_exceeded
+	LoopsCut     prometheus.Counter
+}
+
+// NewMetrics builds the collectors; they are not registered.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		Received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_events_received_total", Help: "Events received by the ingress, before validation.",
+		}, []string{"transport"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_events_rejected_total", Help: "Events or requests refused by the ingress, by reason.",
+		}, []string{"reason"}),
+		Stored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_events_stored_total", Help: "Events stored in JetStream and acknowledged.",
+		}),
+		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_events_duplicate_total", Help: "Events acknowledged but not stored again: same (source, id) within the dedup window.",
+		}),
+		Delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_events_delivered_total", Help: "Events a subscriber accepted, by trigger.",
+		}, []string{"trigger"}),
+		Retried: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_delivery_retries_total", Help: "Delivery attempts after the first, by trigger.",
+		}, []string{"trigger"}),
+		DeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_events_dead_lettered_total", Help: "Events sent to a dead-letter sink or the node DLQ, by trigger and reason.",
+		}, []string{"trigger", "reason"}),
+		LoopsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_reply_loops_cut_total", Help: "Replies dropped to the DLQ because their knativebrokerttl reached zero.",
+		}),
+	}
+}
+
+// Register adds every collector to reg.
+func (m *Metrics) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.Received, m.Rejected, m.Stored, m.Duplicates, m.Delivered, m.Retried, m.DeadLettered, m.LoopsCut} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

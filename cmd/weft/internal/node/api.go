@@ -1,0 +1,429 @@
+package node
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weft-dev/weft/broker"
+	"github.com/weft-dev/weft/internal/resource"
+	"github.com/weft-dev/weft/workers"
+)
+
+// maxManifestBytes bounds an apply request's body.
+const maxManifestBytes = 4 << 20
+
+// API serves a node's HTTP surface: the ingress, health, metrics and /api/v1.
+type API struct {
+	CP       *ControlPlane
+	Files    *Files
+	Broker   *broker.Broker
+	Pool     *workers.Pool
+	Gatherer prometheus.Gatherer
+	// Token, when set, is required as "Authorization: Bearer <token>" on every
+	// /api/v1 call.
+	Token string
+	// Ready reports whether every component is up.
+	Ready func() error
+	Log   *slog.Logger
+}
+
+// Handler builds the node's router.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	ingress := a.Broker.IngressHandler()
+	mux.Handle("/", ingress)
+	mux.Handle("/brokers/", ingress)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := a.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{}))
+
+	api := http.NewServeMux()
+	api.HandleFunc("POST /api/v1/apply", a.apply)
+	api.HandleFunc("POST /api/v1/delete", a.deleteManifests)
+	api.HandleFunc("GET /api/v1/resources/{kind}", a.list)
+	api.HandleFunc("GET /api/v1/resources/{kind}/{name}", a.get)
+	api.HandleFunc("DELETE /api/v1/resources/{kind}/{name}", a.deleteOne)
+	api.HandleFunc("GET /api/v1/functions", a.functions)
+	api.HandleFunc("GET /api/v1/functions/{name}/logs", a.logs)
+	api.HandleFunc("GET /api/v1/dlq", a.dlqList)
+	api.HandleFunc("GET /api/v1/dlq/{id}", a.dlqShow)
+	api.HandleFunc("POST /api/v1/dlq/replay", a.dlqReplay)
+	api.HandleFunc("GET /api/v1/dlq/replays/{id}", a.dlqReplayStatus)
+	api.HandleFunc("POST /api/v1/dlq/purge", a.dlqPurge)
+	api.HandleFunc("GET /api/v1/status", a.status)
+	mux.Handle("/api/v1/", a.auth(api))
+	return mux
+}
+
+func (a *API) auth(next http.Handler) http.Handler {
+	if a.Token == "" {
+		return next
+	}
+	want := []byte("Bearer " + a.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="weft"`)
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// apiError is the body of every API error. Problems lists each invalid field
+// of a refused manifest.
+type apiError struct {
+	Error    string    `json:"error"`
+	Problems []problem `json:"problems,omitempty"`
+}
+
+type problem struct {
+	File    string `json:"file,omitempty"`
+	Line    int    `json:"line,omitempty"`
+	Column  int    `json:"column,omitempty"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	body := apiError{Error: err.Error()}
+	for _, e := range flatten(err) {
+		var fe *resource.FieldError
+		if errors.As(e, &fe) {
+			body.Problems = append(body.Problems, problem{File: fe.File, Line: fe.Line, Column: fe.Column, Field: fe.Field, Message: fe.Err.Error()})
+		}
+	}
+	writeJSON(w, status, body)
+}
+
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func statusOf(err error) int {
+	var fe *resource.FieldError
+	switch {
+	case errors.As(err, &fe):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, ErrNotFound), errors.Is(err, broker.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, broker.ErrUnavailable):
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// readManifests decodes a YAML body; ?file= names it in errors.
+func readManifests(r *http.Request) ([]resource.Object, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxManifestBytes))
+	if err != nil {
+		return nil, fmt.Errorf("read manifests: %w", err)
+	}
+	name := r.URL.Query().Get("file")
+	return resource.Decode(name, body)
+}
+
+func (a *API) apply(w http.ResponseWriter, r *http.Request) {
+	objs, err := readManifests(r)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	changes, err := a.CP.Apply(r.Context(), objs, sourceAPI)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": changes})
+}
+
+func (a *API) deleteManifests(w http.ResponseWriter, r *http.Request) {
+	objs, err := readManifests(r)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	keys := make([]resource.Key, 0, len(objs))
+	for _, o := range objs {
+		keys = append(keys, o.Key())
+	}
+	changes, err := a.CP.Delete(r.Context(), keys)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": changes})
+}
+
+// kindOf maps the CLI's plural and singular names to a kind.
+func kindOf(s string) (string, bool) {
+	switch strings.ToLower(s) {
+	case "trigger", "triggers":
+		return "Trigger", true
+	case "function", "functions", "fn":
+		return "Function", true
+	case "all", "":
+		return "", true
+	}
+	return "", false
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	kind, ok := kindOf(r.PathValue("kind"))
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown kind %q", r.PathValue("kind")))
+		return
+	}
+	out := a.CP.List(kind)
+	if out == nil {
+		out = []Resource{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request) {
+	kind, ok := kindOf(r.PathValue("kind"))
+	if !ok || kind == "" {
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown kind %q", r.PathValue("kind")))
+		return
+	}
+	res, ok := a.CP.Get(resource.Key{Kind: kind, Name: r.PathValue("name")})
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("%s/%s: %w", kind, r.PathValue("name"), ErrNotFound))
+		return
+	}
+	out := map[string]any{"resource": res}
+	if kind == "Function" {
+		for _, st := range a.Pool.Status() {
+			if st.Name == res.Name {
+				out["status"] = st
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) deleteOne(w http.ResponseWriter, r *http.Request) {
+	kind, ok := kindOf(r.PathValue("kind"))
+	if !ok || kind == "" {
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown kind %q", r.PathValue("kind")))
+		return
+	}
+	changes, err := a.CP.Delete(r.Context(), []resource.Key{{Kind: kind, Name: r.PathValue("name")}})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": changes})
+}
+
+func (a *API) functions(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.Pool.Status())
+}
+
+// logs writes a function's captured lines as NDJSON; with ?follow=1 it keeps
+// the response open and streams new lines until the client goes away.
+func (a *API) logs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.CP.Get(resource.Key{Kind: "Function", Name: name}); !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("Function/%s: %w", name, ErrNotFound))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	follow := r.URL.Query().Get("follow") != ""
+	var live <-chan workers.LogLine
+	if follow {
+		live = a.Pool.Follow(r.Context(), name) // subscribe first so no line falls between
+	}
+	for _, l := range a.Pool.Logs(name) {
+		_ = enc.Encode(l)
+	}
+	if !follow {
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	for l := range live {
+		if err := enc.Encode(l); err != nil {
+			return
+		}
+		_ = rc.Flush()
+	}
+}
+
+func parseFilter(r *http.Request) (broker.DLQFilter, error) {
+	q := r.URL.Query()
+	f := broker.DLQFilter{Trigger: q.Get("trigger")}
+	var err error
+	if f.Since, err = parseTime(q.Get("since")); err != nil {
+		return f, fmt.Errorf("since: %w", err)
+	}
+	if f.Until, err = parseTime(q.Get("until")); err != nil {
+		return f, fmt.Errorf("until: %w", err)
+	}
+	if s := q.Get("limit"); s != "" {
+		if f.Limit, err = strconv.Atoi(s); err != nil || f.Limit < 0 {
+			return f, fmt.Errorf("limit %q is not a non-negative integer", s)
+		}
+	}
+	return f, nil
+}
+
+// parseTime accepts RFC 3339 or a Go duration meaning "that long ago".
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor a duration like 1h", s)
+	}
+	return t, nil
+}
+
+func (a *API) dlqList(w http.ResponseWriter, r *http.Request) {
+	f, err := parseFilter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	out, err := a.Broker.ListDLQ(r.Context(), f)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) dlqShow(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("dead-letter id %q is not a number", r.PathValue("id")))
+		return
+	}
+	e, err := a.Broker.GetDLQ(r.Context(), id)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, e)
+}
+
+// replayBody selects what to replay: ids, or a filter (trigger, since,
+// until), or all: true. An empty selection is refused so that a typo does
+// not replay everything.
+type replayBody struct {
+	IDs     []uint64 `json:"ids"`
+	Trigger string   `json:"trigger"`
+	Since   string   `json:"since"`
+	Until   string   `json:"until"`
+	All     bool     `json:"all"`
+}
+
+func (a *API) dlqReplay(w http.ResponseWriter, r *http.Request) {
+	var body replayBody
+	if err := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20)).Decode(&body); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("replay request: %w", err))
+		return
+	}
+	req := broker.ReplayRequest{IDs: body.IDs, Filter: broker.DLQFilter{Trigger: body.Trigger}}
+	var err error
+	if req.Filter.Since, err = parseTime(body.Since); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("since: %w", err))
+		return
+	}
+	if req.Filter.Until, err = parseTime(body.Until); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("until: %w", err))
+		return
+	}
+	if len(body.IDs) == 0 && body.Trigger == "" && body.Since == "" && body.Until == "" && !body.All {
+		writeError(w, http.StatusBadRequest, errors.New("say what to replay: ids, a trigger, a time range, or all"))
+		return
+	}
+	st, err := a.Broker.ReplayDLQ(r.Context(), req)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, st)
+}
+
+func (a *API) dlqReplayStatus(w http.ResponseWriter, r *http.Request) {
+	st := a.Broker.ReplayProgress(r.PathValue("id"))
+	if st == nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("replay %s: %w", r.PathValue("id"), ErrNotFound))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) dlqPurge(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Trigger string `json:"trigger"`
+		All     bool   `json:"all"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20)).Decode(&body); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("purge request: %w", err))
+		return
+	}
+	if body.Trigger == "" && !body.All {
+		writeError(w, http.StatusBadRequest, errors.New("say what to purge: a trigger, or all"))
+		return
+	}
+	n, err := a.Broker.PurgeDLQ(r.Context(), body.Trigger)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]uint64{"purged": n})
+}
+
+func (a *API) status(w http.ResponseWriter, _ *http.Request) {
+	loads, lastErr := a.Files.Status()
+	st := map[string]any{"fileLoads": loads, "nats": a.Broker.NATSURL()}
+	if lastErr != nil {
+		st["fileError"] = lastErr.Error()
+	}
+	if err := a.Ready(); err != nil {
+		st["ready"] = false
+		st["notReady"] = err.Error()
+	} else {
+		st["ready"] = true
+	}
+	writeJSON(w, http.StatusOK, st)
+}

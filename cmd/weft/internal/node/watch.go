@@ -1,0 +1,145 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/weft-dev/weft/internal/resource"
+)
+
+// Files keeps the resources declared in the files given to serve -f in
+// force: it loads them once, then watches their folders (editors replace
+// files, so the folder is watched, not the file) and re-applies the whole set
+// after a change settles. A bad change is refused, logged, and kept as
+// LastError; the previous state stays in force.
+type Files struct {
+	paths []string
+	cp    *ControlPlane
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	lastErr error
+	loads   int
+}
+
+// NewFiles returns a watcher of paths (files or folders).
+func NewFiles(paths []string, cp *ControlPlane, log *slog.Logger) *Files {
+	return &Files{paths: paths, cp: cp, log: log}
+}
+
+// Load reads every path and applies the result as the complete file-sourced
+// state.
+func (f *Files) Load(ctx context.Context) error {
+	objs, err := resource.LoadPaths(f.paths...)
+	if err == nil {
+		var changes []Change
+		changes, err = f.cp.ReplaceFiles(ctx, objs)
+		if err == nil {
+			n := 0
+			for _, c := range changes {
+				if c.Action != "unchanged" {
+					n++
+				}
+			}
+			f.log.Info("manifests applied", "files", len(f.paths), "changes", n)
+		}
+	}
+	f.mu.Lock()
+	f.lastErr = err
+	f.loads++
+	f.mu.Unlock()
+	return err
+}
+
+// Status returns how many loads ran and the last load's error (nil when the
+// files in force are the files on disk).
+func (f *Files) Status() (loads int, lastErr error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.loads, f.lastErr
+}
+
+// settle is how long the watcher waits after the last file event before it
+// reloads, so an editor's write-rename-chmod burst is one reload.
+const settle = 150 * time.Millisecond
+
+// Watch reloads on changes until ctx ends.
+func (f *Files) Watch(ctx context.Context) error {
+	if len(f.paths) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch manifests: %w", err)
+	}
+	defer w.Close()
+	if err := f.addDirs(w); err != nil {
+		return err
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Has(fsnotify.Create) {
+				if st, err := os.Stat(ev.Name); err == nil && st.IsDir() {
+					_ = w.Add(ev.Name) // new sub-folder: its manifests count too
+				}
+			}
+			if resource.IsManifest(ev.Name) || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+				timer.Reset(settle)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			f.log.Warn("manifest watcher", "err", err)
+		case <-timer.C:
+			if err := f.Load(ctx); err != nil {
+				f.log.Error("manifest change refused; previous state stays in force", "err", err)
+			}
+		}
+	}
+}
+
+func (f *Files) addDirs(w *fsnotify.Watcher) error {
+	for _, p := range f.paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", p, err)
+		}
+		if !st.IsDir() {
+			if err := w.Add(filepath.Dir(p)); err != nil {
+				return fmt.Errorf("watch %s: %w", p, err)
+			}
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return w.Add(path)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", p, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-dev/weft/broker"
+	"github.com/weft-dev/weft/cmd/weft/internal/node"
+	"github.com/weft-dev/weft/internal/resource"
+	"github.com/weft-dev/weft/internal/store"
+	"github.com/weft-dev/weft/router"
+	"github.com/weft-dev/weft/workers"
+)
+
+var (
+	_ broker.Deliverer = (*workers.Pool)(nil)
+	_ broker.Deliverer = (*router.Client)(nil)
+	_ node.Functions   = (*workers.Pool)(nil)
+	_ node.Triggers    = (*broker.Broker)(nil)
+)
+
+type serveOptions struct {
+	files         []string
+	data          string
+	httpAddr      string
+	natsAddr      string
+	routerAddr    string
+	storeURL      string
+	relaxedSync   bool
+	maxEventBytes int64
+	dedupWindow   time.Duration
+}
+
+func newServeCmd(g *globals) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a weft node: broker, triggers, worker pools and router",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(g.stderr, g.logLevel)
+			if err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), o, g, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&o.files, "file", "f", nil, "manifest file or folder to apply and watch (repeatable)")
+	f.StringVar(&o.data, "data", "./.weft", "data directory (JetStream, store)")
+	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "address of the ingress, API, health and metrics")
+	f.StringVar(&o.natsAddr, "nats", "127.0.0.1:4222", `address NATS clients connect to ("" = in-process only)`)
+	f.StringVar(&o.routerAddr, "router", "127.0.0.1:8081", "address of the router (workers' HTTP_PROXY)")
+	f.StringVar(&o.storeURL, "store", "", `control-plane store: "" = Badger under --data`)
+	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
+	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 1 MiB)")
+	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
+	return cmd
+}
+
+// isLoopback reports whether addr binds to loopback only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// runServe wires the components; it is the only place that knows them all.
+func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if !isLoopback(o.httpAddr) && g.token == "" {
+		return withCode(exitUsage, fmt.Errorf("--http %s is not loopback: the API can start processes, so set --api-token (or WEFT_API_TOKEN)", o.httpAddr))
+	}
+	if o.storeURL != "" {
+		return withCode(exitUsage, fmt.Errorf("--store %q: only the embedded Badger store is available in this version", o.storeURL))
+	}
+	// A bad manifest stops serve before anything starts (exit 3), as caddy does.
+	if len(o.files) > 0 {
+		if err := checkManifests(o.files); err != nil {
+			return withCode(exitInvalidFile, err)
+		}
+	}
+	if err := os.MkdirAll(o.data, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	st, err := store.OpenBadger(filepath.Join(o.data, "store"), log.With("component", "store"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := broker.NewMetrics()
+	if err := metrics.Register(reg); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	proxy := router.NewProxy(o.routerAddr, log.With("component", "router"))
+	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr}, log.With("component", "workers"))
+	client := router.NewClient(nil)
+	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
+		if strings.HasPrefix(target, "function:") {
+			return pool.Deliver(ctx, target, ev)
+		}
+		return client.Deliver(ctx, target, ev)
+	})
+	b, err := broker.New(broker.Config{
+		DataDir:     o.data,
+		NATSAddr:    o.natsAddr,
+		RelaxedSync: o.relaxedSync,
+		DedupWindow: o.dedupWindow,
+		Ingress:     broker.IngressConfig{MaxBodyBytes: o.maxEventBytes},
+	}, deliver, metrics, log.With("component", "broker"))
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	cp := node.NewControlPlane(st, b, pool, log.With("component", "control"))
+	files := node.NewFiles(o.files, cp, log.With("component", "control"))
+	api := &node.API{
+		CP: cp, Files: files, Broker: b, Pool: pool, Gatherer: reg, Token: g.token, Log: log,
+		Ready: func() error {
+			for name, ch := range map[string]<-chan struct{}{"broker": b.Ready(), "workers": pool.Ready(), "router": proxy.Ready()} {
+				select {
+				case <-ch:
+				default:
+					return fmt.Errorf("%s not ready", name)
+				}
+			}
+			if loads, _ := files.Status(); loads == 0 && len(o.files) > 0 {
+				return errors.New("manifests not loaded yet")
+			}
+			return nil
+		},
+	}
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen --http %s: %w", o.httpAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    16 << 10, // beyond this Go answers 431
+		IdleTimeout:       2 * time.Minute,
+	}
+
+	g2, ctx := errgroup.WithContext(ctx)
+	g2.Go(func() error { return pool.Run(ctx) })
+	g2.Go(func() error { return b.Run(ctx) })
+	g2.Go(func() error { return proxy.Run(ctx) })
+	g2.Go(func() error {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("http: %w", err)
+	})
+	g2.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	g2.Go(func() error {
+		select {
+		case <-b.Ready():
+		case <-ctx.Done():
+			return nil
+		}
+		if err := cp.Restore(ctx); err != nil {
+			return err
+		}
+		if err := files.Load(ctx); err != nil {
+			return withCode(exitInvalidFile, err)
+		}
+		log.Info("weft serving", "http", ln.Addr().String(), "nats", b.NATSURL(), "router", o.routerAddr, "data", o.data)
+		return files.Watch(ctx)
+	})
+	return g2.Wait()
+}
+
+// checkManifests parses every manifest without applying anything.
+func checkManifests(paths []string) error {
+	objs, err := resource.LoadPaths(paths...)
+	if err != nil {
+		return err
+	}
+	return node.Check(objs)
+}

@@ -1,0 +1,30 @@
+// Package triggers turns Knative eventing.knative.dev/v1 Trigger manifests
+// into compiled, immutable Triggers and matches CloudEvents against them.
+//
+// It owns four things: decoding and validating the YAML (Parse), the filter
+// dialects (the legacy filter.attributes and the CloudEvents Subscriptions API
+// filters exact, prefix, suffix, all, any, not and cesql, compiled into a
+// Filter), the match Index the broker's dispatcher consults for every event,
+// and the delivery Policy (retries, backoff, per-attempt timeout, Retry-After
+// cap, dead-letter sink) the broker's delivery middlewares follow.
+//
+// Semantics follow Knative Eventing (pkg/eventfilter, pkg/kncloudevents and
+// pkg/apis/eventing/v1): when spec.filters is non-empty it wins and
+// spec.filter is ignored; filters entries are ANDed; an attribute the event
+// lacks (or carries as an empty string) never matches; a CESQL evaluation
+// error is no match. Where weft deliberately differs (per-field delivery
+// defaults, a default per-attempt timeout, Retry-After honoured by default)
+// the declaration's doc comment says so.
+//
+// Invariants:
+//   - Parse refuses every invalid manifest with *resource.FieldError values
+//     naming the file, line and field; it never skips a bad filter silently.
+//   - A *Trigger, its Filter and an *Index are immutable once built and safe
+//     for concurrent use without locks; the broker swaps whole Index values.
+//
+// The package is pure code: it does no network or process I/O (no NATS, no
+// net/http server or client, no os/exec), reads no files and keeps no global
+// mutable state. It imports only internal/resource, schemas, the CloudEvents
+// SDK (events and CESQL) and the standard library, and never broker, workers,
+// router or cmd.
+package triggers

@@ -1,0 +1,32 @@
+package triggers
+
+import (
+	"fmt"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+)
+
+// exactFilter is the Subscriptions API exact dialect: the attribute's value
+// equals value, case-sensitively. Knative (pkg/eventfilter/subscriptionsapi,
+// exact_filter.go) requires one attribute with a non-empty name and value;
+// compile enforces it.
+type exactFilter struct {
+	name, value string
+}
+
+func newExact(name, value string) Filter { return exactFilter{name: name, value: value} }
+
+func (f exactFilter) Match(ev event.Event) bool {
+	v, ok := lookup(ev, f.name)
+	return ok && v == f.value
+}
+
+func (f exactFilter) String() string { return fmt.Sprintf("exact(%s=%q)", f.name, f.value) }
+
+// requiredTypes lets the Index bucket the trigger by event type.
+func (f exactFilter) requiredTypes() []string {
+	if f.name == "type" {
+		return []string{f.value}
+	}
+	return nil
+}

@@ -1,0 +1,252 @@
+package workers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-dev/weft/internal/resource"
+	"github.com/weft-dev/weft/schemas"
+)
+
+// APIVersion and Kind identify a Function manifest.
+const (
+	APIVersion = "weft.dev/v1"
+	Kind       = "Function"
+)
+
+// DefaultTarget is the autoscaler's in-flight target per instance when the
+// manifest gives none (Knative's container-concurrency-target-default).
+const DefaultTarget = 100
+
+// Function is a parsed, validated Function resource: how to run the worker
+// processes of one function. It is immutable once parsed and safe to share;
+// the Pool keeps the pointer it is given and never modifies it.
+type Function struct {
+	// Name is metadata.name, a DNS-1123 label.
+	Name string
+	// Command is the program and its arguments, run without a shell.
+	Command []string
+	// Env holds the spec's variables in manifest order.
+	Env []EnvVar
+	// Dir is the absolute working directory of the processes.
+	Dir string
+	// Concurrency is the most in-flight requests per instance; 0 = unlimited.
+	Concurrency int
+	// Timeout bounds one request to an instance; 0 = only the caller's
+	// context bounds it.
+	Timeout time.Duration
+	// Scale bounds the number of instances.
+	Scale Scale
+	// Readiness says when a new instance may receive events.
+	Readiness Readiness
+}
+
+// EnvVar is one environment variable of a Function's spec.
+type EnvVar struct {
+	Name  string
+	Value string
+}
+
+// Scale holds a Function's instance bounds. Until the autoscaler lands the
+// pool runs max(Min, 1) instances.
+type Scale struct {
+	// Min is the fewest instances kept running; 0 allows scale to zero.
+	Min int
+	// Max is the most instances; 0 = no bound.
+	Max int
+	// Target is the in-flight requests per instance the autoscaler aims for;
+	// Parse sets it (DefaultTarget, or Concurrency when smaller).
+	Target int
+}
+
+// Readiness says when a new instance is ready.
+type Readiness struct {
+	// Path, when set, is probed with HTTP GET expecting a 2xx answer;
+	// empty means a TCP connect to the instance's port.
+	Path string
+	// Timeout bounds how long a new instance may take to become ready;
+	// 0 means the pool's Config.ReadyTimeout.
+	Timeout time.Duration
+}
+
+// specJSON mirrors the schema's spec object; TestSchemaMatchesSpec keeps
+// the two in step.
+type specJSON struct {
+	Command     []string  `json:"command"`
+	Env         []envJSON `json:"env"`
+	Concurrency int       `json:"concurrency"`
+	Timeout     string    `json:"timeout"`
+	WorkingDir  string    `json:"workingDir"`
+	Scale       scaleJSON `json:"scale"`
+	Readiness   readyJSON `json:"readiness"`
+}
+
+type envJSON struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+type scaleJSON struct {
+	Min    int  `json:"min"`
+	Max    int  `json:"max"`
+	Target *int `json:"target"`
+}
+
+type readyJSON struct {
+	Path    string `json:"path"`
+	Timeout string `json:"timeout"`
+}
+
+// Parse turns a decoded manifest into a Function. Every problem is a
+// *resource.FieldError naming the file, line and field; several problems are
+// joined with errors.Join. Relative paths resolve from the folder of
+// obj.File, or from the current directory when obj.File is empty.
+func Parse(obj resource.Object) (*Function, error) {
+	if obj.APIVersion != APIVersion {
+		return nil, obj.FieldError([]string{"apiVersion"}, fmt.Errorf("%q is not %s", obj.APIVersion, APIVersion))
+	}
+	if obj.Kind != Kind {
+		return nil, obj.FieldError([]string{"kind"}, fmt.Errorf("%q is not %s", obj.Kind, Kind))
+	}
+	if vs := schemas.Validate(Kind, obj.JSON); len(vs) > 0 {
+		errs := make([]error, 0, len(vs))
+		for _, v := range vs {
+			errs = append(errs, obj.FieldError(v.Path, errors.New(v.Message)))
+		}
+		return nil, errors.Join(errs...)
+	}
+	var doc struct {
+		Spec specJSON `json:"spec"`
+	}
+	if err := json.Unmarshal(obj.JSON, &doc); err != nil {
+		return nil, obj.FieldError([]string{"spec"}, err) // the schema let through a shape Go cannot decode
+	}
+	s := doc.Spec
+	fn := &Function{
+		Name:        obj.Name,
+		Command:     s.Command,
+		Concurrency: s.Concurrency,
+		Scale:       Scale{Min: s.Scale.Min, Max: s.Scale.Max},
+		Readiness:   Readiness{Path: s.Readiness.Path},
+	}
+	var errs []error
+	field := func(err error, path ...string) {
+		errs = append(errs, obj.FieldError(path, err))
+	}
+
+	seen := map[string]bool{}
+	for i, e := range s.Env {
+		switch {
+		case reservedEnv(e.Name):
+			field(fmt.Errorf("%s is set by weft and cannot be overridden", e.Name), "spec", "env", strconv.Itoa(i), "name")
+		case seen[e.Name]:
+			field(fmt.Errorf("%s is set twice", e.Name), "spec", "env", strconv.Itoa(i), "name")
+		}
+		seen[e.Name] = true
+		fn.Env = append(fn.Env, EnvVar(e))
+	}
+	var err error
+	if fn.Timeout, err = parseDuration(s.Timeout); err != nil {
+		field(err, "spec", "timeout")
+	}
+	if fn.Readiness.Timeout, err = parseDuration(s.Readiness.Timeout); err != nil {
+		field(err, "spec", "readiness", "timeout")
+	}
+	if fn.Scale.Max > 0 && fn.Scale.Min > fn.Scale.Max {
+		field(fmt.Errorf("min %d is greater than max %d", fn.Scale.Min, fn.Scale.Max), "spec", "scale", "min")
+	}
+	switch {
+	case s.Scale.Target == nil:
+		fn.Scale.Target = DefaultTarget
+		if fn.Concurrency > 0 && fn.Concurrency < DefaultTarget {
+			fn.Scale.Target = fn.Concurrency
+		}
+	case fn.Concurrency > 0 && *s.Scale.Target > fn.Concurrency:
+		field(fmt.Errorf("target %d exceeds concurrency %d: an instance never holds more", *s.Scale.Target, fn.Concurrency), "spec", "scale", "target")
+	default:
+		fn.Scale.Target = *s.Scale.Target
+	}
+
+	base := "."
+	if obj.File != "" {
+		base = filepath.Dir(obj.File)
+	}
+	dir := base
+	if s.WorkingDir != "" {
+		dir = s.WorkingDir
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(base, dir)
+		}
+	}
+	if fn.Dir, err = filepath.Abs(dir); err != nil {
+		field(fmt.Errorf("resolve working directory: %w", err), "spec", "workingDir")
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return fn, nil
+}
+
+// parseDuration accepts an empty string as zero; the schema already checked
+// the syntax, so an error here means the schema and Go disagree.
+func parseDuration(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("duration %s is negative", s)
+	}
+	return d, nil
+}
+
+// reservedEnv reports whether weft owns the variable name, as Knative
+// reserves PORT and K_*.
+func reservedEnv(name string) bool {
+	return name == "PORT" || strings.HasPrefix(name, "WEFT_")
+}
+
+// Fingerprint returns a digest of everything in f. Two Functions with the same
+// fingerprint run identically; the pool treats a re-applied Function with an
+// unchanged fingerprint as a no-op.
+func (f *Function) Fingerprint() string {
+	data, err := json.Marshal(f)
+	if err != nil {
+		panic(err) // a struct of strings, ints and slices always marshals
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// Equal reports whether f and g describe the same function in every field.
+// Two nil Functions are equal.
+func (f *Function) Equal(g *Function) bool {
+	if f == nil || g == nil {
+		return f == g
+	}
+	return f.Fingerprint() == g.Fingerprint()
+}
+
+// sameProcesses reports whether f and g differ at most in Scale: then the
+// running instances can stay and only their number changes.
+func (f *Function) sameProcesses(g *Function) bool {
+	a, b := *f, *g
+	a.Scale, b.Scale = Scale{}, Scale{}
+	return a.Equal(&b)
+}
+
+// desired is the number of instances the pool runs for f. The autoscaler will
+// choose within [Scale.Min, Scale.Max]; until then it is max(Min, 1).
+func (f *Function) desired() int {
+	return max(f.Scale.Min, 1)
+}
