@@ -233,9 +233,9 @@ func serveWebhookOptions(w http.ResponseWriter, r *http.Request) {
 
 // readBody reads the whole body under MaxBodyBytes and ReadTimeout. The read
 // deadline is per request (http.ResponseController), so a slow body costs at
-// most ReadTimeout whatever the server's own timeouts are; it is cleared once
-// the body is in, because net/http's background read after the body would
-// otherwise cancel the request context while Store runs.
+// most ReadTimeout whatever the server's own timeouts are. It bounds the body
+// only: once the body hits EOF, net/http clears the deadline when it starts
+// its background read, so a Store slower than ReadTimeout is not cut short.
 func (h *ingressHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	limit := h.cfg.MaxBodyBytes
 	if r.ContentLength > limit {
@@ -244,9 +244,7 @@ func (h *ingressHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byt
 	rc := http.NewResponseController(w)
 	// Not every ResponseWriter supports deadlines (httptest.ResponseRecorder
 	// does not); then the server's ReadTimeout is the only bound.
-	if err := rc.SetReadDeadline(time.Now().Add(h.cfg.ReadTimeout)); err == nil {
-		defer func() { _ = rc.SetReadDeadline(time.Time{}) }() // error ignored: the connection is being torn down
-	}
+	_ = rc.SetReadDeadline(time.Now().Add(h.cfg.ReadTimeout))
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
@@ -273,8 +271,9 @@ func (h *ingressHandler) fail(w http.ResponseWriter, err error) {
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfter)
 	}
-	if status == http.StatusServiceUnavailable && !errors.Is(err, ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
-		h.log.Warn("ingress store failed", "err", err) // not a documented Store error
+	if status == http.StatusServiceUnavailable && !errors.Is(err, ErrUnavailable) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		h.log.Warn("ingress store failed", "err", err) // not an error eventStore documents
 	}
 	h.refuse(w, status, reason, err.Error())
 }

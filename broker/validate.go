@@ -56,26 +56,30 @@ func (e *EventError) Error() string {
 // Rules shared by the validator and the transport decoders, so that a rule
 // reads the same whichever way the event arrived.
 const (
-	ruleRequired     = "is required and must be a non-empty string"
-	ruleNonEmpty     = "must be a non-empty string when present"
-	ruleName         = "name must consist only of lower-case letters a-z and digits 0-9"
-	ruleURIRef       = "must be a URI-reference (RFC 3986 section 4.1)"
-	ruleAbsURI       = "must be an absolute URI (RFC 3986 section 4.3: a scheme, no fragment)"
-	ruleTime         = "must be an RFC 3339 timestamp"
-	ruleMediaType    = "must be a media type (RFC 2046)"
-	ruleUTF8         = "must be valid UTF-8"
-	ruleInt32        = "integer must fit in 32 bits"
-	ruleExtType      = "extension value must be a string, an integer or a boolean"
-	ruleString       = "must be a JSON string"
-	ruleBase64       = "must be a base64 string (RFC 4648)"
-	ruleDataBoth     = "data and data_base64 are mutually exclusive"
-	ruleSpecVersion  = `must be "1.0"`
-	specVersion      = event.CloudEventsVersionV1
+	ruleRequired    = "is required and must be a non-empty string"
+	ruleNonEmpty    = "must be a non-empty string when present"
+	ruleName        = "name must consist only of lower-case letters a-z and digits 0-9"
+	ruleURIRef      = "must be a URI-reference (RFC 3986 section 4.1)"
+	ruleAbsURI      = "must be an absolute URI (RFC 3986 section 4.3: a scheme, no fragment)"
+	ruleTime        = "must be an RFC 3339 timestamp"
+	ruleMediaType   = "must be a media type (RFC 2046)"
+	ruleUTF8        = "must be valid UTF-8"
+	ruleInt32       = "integer must fit in 32 bits"
+	ruleExtType     = "extension value must be a string, an integer or a boolean"
+	ruleString      = "must be a JSON string"
+	ruleBase64      = "must be a base64 string (RFC 4648)"
+	ruleDataBoth    = "data and data_base64 are mutually exclusive"
+	ruleSpecVersion = `must be "1.0"`
+)
+
+// Names the validator treats specially.
+const (
+	ceSpecVersion    = event.CloudEventsVersionV1
 	attrSpecVersion  = "specversion"
 	attrDataCT       = "datacontenttype"
-	attrData         = "data"
-	attrDataBase64   = "data_base64"
-	maxTimestampYear = 9999 // RFC 3339 has four-digit years
+	attrData         = "data"        // JSON format member, not an attribute
+	attrDataBase64   = "data_base64" // JSON format member, not an attribute
+	maxTimestampYear = 9999          // RFC 3339 has four-digit years
 )
 
 // requiredAttrs are checked in this order, so the first missing one is named.
@@ -101,7 +105,7 @@ func validateEvent(ev *event.Event, index int) error {
 		return fail(attrSpecVersion, "is required: the event has no context")
 	}
 	ec, ok := ev.Context.(*event.EventContextV1)
-	if !ok || ev.SpecVersion() != specVersion {
+	if !ok || ev.SpecVersion() != ceSpecVersion {
 		return fail(attrSpecVersion, fmt.Sprintf("%s, got %q", ruleSpecVersion, ev.SpecVersion()))
 	}
 	if err := checkAttr(index, "id", ec.ID); err != nil {
@@ -135,7 +139,7 @@ func validateEvent(ev *event.Event, index int) error {
 		if !validAttrName(name) {
 			return fail(name, ruleName)
 		}
-		if _, core := contextAttrs[name]; core || name == attrData || name == attrDataBase64 {
+		if _, core := contextAttrs[name]; core || name == attrData {
 			return fail(name, "extension must not reuse the name of a context attribute")
 		}
 		if rule := checkExtensionValue(ec.Extensions[name]); rule != "" {
@@ -158,7 +162,7 @@ func validateEvent(ev *event.Event, index int) error {
 // string form. Extensions are checked by checkText only.
 var contextAttrs = map[string]func(string) string{
 	attrSpecVersion: func(s string) string {
-		if s != specVersion {
+		if s != ceSpecVersion {
 			return fmt.Sprintf("%s, got %q", ruleSpecVersion, s)
 		}
 		return ""

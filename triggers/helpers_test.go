@@ -123,3 +123,5 @@ func bare(mods ...func(*event.Event)) event.Event {
 	}
 	return ev
 }
+
+func resourceDecode(doc []byte) ([]resource.Object, error) { return resource.Decode("t.yaml", doc) }

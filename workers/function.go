@@ -118,7 +118,7 @@ func Parse(obj resource.Object) (*Function, error) {
 	if vs := schemas.Validate(Kind, obj.JSON); len(vs) > 0 {
 		errs := make([]error, 0, len(vs))
 		for _, v := range vs {
-			errs = append(errs, obj.FieldError(v.Path, errors.New(v.Message)))
+			errs = append(errs, obj.FieldError(v.Path, errors.New(friendly(obj.JSON, v))))
 		}
 		return nil, errors.Join(errs...)
 	}
@@ -192,6 +192,51 @@ func Parse(obj resource.Object) (*Function, error) {
 		return nil, errors.Join(errs...)
 	}
 	return fn, nil
+}
+
+// hints replaces the schema validator's message for fields whose rule is a
+// pattern: a regular expression tells a user less than an example does.
+// Paths use "*" for list indices.
+var hints = map[string]string{
+	"spec/timeout":           "a Go duration such as 30s, 1m30s or 500ms",
+	"spec/readiness/timeout": "a Go duration such as 30s, 1m30s or 500ms",
+	"spec/readiness/path":    "an absolute HTTP path such as /healthz",
+	"spec/env/*/name":        "an environment variable name: letters, digits and '_', not starting with a digit",
+}
+
+// friendly returns v's message, or for a hinted field "want HINT, got VALUE".
+func friendly(doc []byte, v schemas.Violation) string {
+	key := make([]string, len(v.Path))
+	for i, seg := range v.Path {
+		key[i] = seg
+		if _, err := strconv.Atoi(seg); err == nil {
+			key[i] = "*"
+		}
+	}
+	hint, ok := hints[strings.Join(key, "/")]
+	if !ok {
+		return v.Message
+	}
+	var val any
+	if err := json.Unmarshal(doc, &val); err != nil {
+		return v.Message
+	}
+	for _, seg := range v.Path {
+		switch x := val.(type) {
+		case map[string]any:
+			val = x[seg]
+		case []any:
+			i, _ := strconv.Atoi(seg)
+			if i < 0 || i >= len(x) {
+				return v.Message
+			}
+			val = x[i]
+		default:
+			return v.Message
+		}
+	}
+	got, _ := json.Marshal(val)
+	return fmt.Sprintf("want %s, got %s", hint, got)
 }
 
 // parseDuration accepts an empty string as zero; the schema already checked

@@ -108,6 +108,7 @@ func TestConcurrencyNeverExceeded(t *testing.T) {
 			fn.Concurrency = 2
 			fn.Scale.Min = 2
 			p.Apply(fn)
+			waitFor(t, 20*time.Second, func() bool { return statusOf(t, p, fn.Name).Ready == 2 })
 			const requests = 16
 			var wg sync.WaitGroup
 			replies := make(chan reply, requests)
@@ -218,10 +219,9 @@ func TestApplyReplacesWithoutCuttingInFlight(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("in-flight request never answered")
 	}
-	waitFor(t, 10*time.Second, func() bool { return gone(old.PID) })
-	s := statusOf(t, p, "roll")
-	if s.State != StateReady || len(p.Instances("roll")) != 1 {
-		t.Errorf("after the rollout: %+v with %d instances, want ready with 1", s, len(p.Instances("roll")))
+	waitFor(t, 10*time.Second, func() bool { return gone(old.PID) && len(p.Instances("roll")) == 1 })
+	if s := statusOf(t, p, "roll"); s.State != StateReady {
+		t.Errorf("after the rollout: %+v, want ready", s)
 	}
 }
 

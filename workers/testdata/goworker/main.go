@@ -80,13 +80,15 @@ func main() {
 	mux.HandleFunc("POST /", handle)
 	srv := &http.Server{Addr: "127.0.0.1:" + port, Handler: mux}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		fmt.Println("worker stopping")
-		_ = srv.Shutdown(context.Background()) // finish in-flight requests
-	}()
+	if os.Getenv("IGNORE_TERM") != "1" { // Notify would undo signal.Ignore
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		go func() {
+			<-ctx.Done()
+			fmt.Println("worker stopping")
+			_ = srv.Shutdown(context.Background()) // finish in-flight requests
+		}()
+	}
 	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		os.Exit(1)
