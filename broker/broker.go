@@ -128,8 +128,10 @@ type Broker struct {
 	metrics   *Metrics
 	deliverer Deliverer
 
-	index    atomic.Pointer[triggers.Index]
-	inflight chan struct{} // semaphore of publishes awaiting storage
+	index       atomic.Pointer[triggers.Index]
+	triggersSet chan struct{} // closed by the first SetTriggers
+	setOnce     sync.Once
+	inflight    chan struct{} // semaphore of publishes awaiting storage
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -164,20 +166,22 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		m = NewMetrics()
 	}
 	b := &Broker{
-		cfg:       cfg,
-		log:       log,
-		metrics:   m,
-		deliverer: d,
-		inflight:  make(chan struct{}, cfg.MaxInflight),
-		ready:     make(chan struct{}),
-		runners:   map[string]*runner{},
+		cfg:         cfg,
+		log:         log,
+		metrics:     m,
+		deliverer:   d,
+		inflight:    make(chan struct{}, cfg.MaxInflight),
+		ready:       make(chan struct{}),
+		triggersSet: make(chan struct{}),
+		runners:     map[string]*runner{},
 	}
 	b.index.Store(triggers.NewIndex(nil))
 	b.replays.byID = map[string]*ReplayStatus{}
 	return b, nil
 }
 
-// Ready is closed once the broker stores and dispatches events.
+// Ready is closed once the broker stores events. Dispatching starts after
+// the first SetTriggers.
 func (b *Broker) Ready() <-chan struct{} { return b.ready }
 
 // NATSURL is the URL external NATS clients use, or "" before Run is ready or
@@ -213,6 +217,17 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.readyOnce.Do(func() { close(b.ready) })
+	b.log.Info("broker ready", "nats", b.NATSURL(), "sync_always", !b.cfg.RelaxedSync)
+
+	// Events stored before a restart must not be matched against an empty
+	// index: dispatching waits until the first trigger set is in force.
+	select {
+	case <-b.triggersSet:
+	case <-ctx.Done():
+		sub.stop()
+		return nil
+	}
 	stopDispatch, err := b.startDispatcher(ctx, c)
 	if err != nil {
 		sub.stop()
@@ -222,9 +237,6 @@ func (b *Broker) Run(ctx context.Context) error {
 	b.runCtx = ctx
 	b.reconcileLocked(b.index.Load())
 	b.mu.Unlock()
-
-	b.readyOnce.Do(func() { close(b.ready) })
-	b.log.Info("broker ready", "nats", b.NATSURL(), "sync_always", !b.cfg.RelaxedSync)
 	<-ctx.Done()
 
 	sub.stop()
@@ -333,8 +345,11 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 // consumer, removed ones lose theirs and their pending deliveries, changed
 // ones take effect on their next delivery. It never fails half-way: the index
 // was validated when it was built.
+//
+// Until the first call the broker stores events but does not dispatch them.
 func (b *Broker) SetTriggers(idx *triggers.Index) {
 	b.index.Store(idx)
+	b.setOnce.Do(func() { close(b.triggersSet) })
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.runCtx != nil {

@@ -311,7 +311,9 @@ func TestFiltersRouteEvents(t *testing.T) {
 	for _, ids := range want {
 		total += len(ids)
 	}
-	wtest.WaitFor(t, 10*time.Second, func() bool { return testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("legacy"))+testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("prefix"))+testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("cesql")) == float64(total) })
+	wtest.WaitFor(t, 10*time.Second, func() bool {
+		return testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("legacy"))+testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("prefix"))+testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("cesql")) == float64(total)
+	})
 	// Every event is fanned out before it is acked, and all five were acked
 	// once the dispatcher's consumer has nothing pending.
 	c := b.conn.Load()

@@ -43,13 +43,9 @@ type Attempt struct {
 	LatencyMS float64 `json:"latencyMs"`
 }
 
-// defaultRetryAfterMax caps an honoured Retry-After when the trigger sets no
-// retryAfterMax, so one subscriber cannot park a delivery for hours.
-const defaultRetryAfterMax = 30 * time.Second
-
 // Retry runs attempts per the Knative delivery policy p: up to p.Attempts(),
-// waiting p.Backoff(n) between them (or a 429/503's Retry-After, capped by
-// retryAfterMax), retrying network errors, timeouts and the statuses Knative
+// waiting p.RetryDelay between them (a 429/503's Retry-After counts, capped
+// by retryAfterMax), retrying network errors, timeouts and the statuses Knative
 // retries. record, if not nil, sees every attempt. It stops early when ctx
 // ends and returns ctx's error then.
 func Retry(p triggers.Policy, record func(Attempt)) Middleware {
@@ -72,8 +68,8 @@ func Retry(p triggers.Policy, record func(Attempt)) Middleware {
 					return nil, err
 				}
 				wait := p.Backoff(n)
-				if ra := honouredRetryAfter(err, p.RetryAfterMax); ra > wait {
-					wait = ra
+				if se, ok := ceclient.IsStatus(err); ok {
+					wait = p.RetryDelay(n, se.Code, se.RetryAfter)
 				}
 				timer := time.NewTimer(wait)
 				select {
@@ -109,15 +105,4 @@ func retryable(err error) bool {
 	}
 	var re *ceclient.ReplyError
 	return !errors.As(err, &re)
-}
-
-func honouredRetryAfter(err error, max time.Duration) time.Duration {
-	se, ok := ceclient.IsStatus(err)
-	if !ok || se.RetryAfter <= 0 || (se.Code != http.StatusTooManyRequests && se.Code != http.StatusServiceUnavailable) {
-		return 0
-	}
-	if max <= 0 {
-		max = defaultRetryAfterMax
-	}
-	return min(se.RetryAfter, max)
 }

@@ -70,12 +70,9 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
-	matched := b.index.Load().Match(ev)
+	matched := b.index.Load().MatchBroker(DefaultBroker, ev)
 	futures := make([]jetstream.PubAckFuture, 0, len(matched))
 	for _, tr := range matched {
-		if tr.Broker != "" && tr.Broker != DefaultBroker {
-			continue
-		}
 		out := nats.NewMsg(deliverPrefix + tr.Name)
 		out.Data = msg.Data()
 		out.Header.Set(hdrTrigger, tr.Name)

@@ -23,8 +23,10 @@
 //     for concurrent use without locks; the broker swaps whole Index values.
 //
 // The package is pure code: it does no network or process I/O (no NATS, no
-// net/http server or client, no os/exec), reads no files and keeps no global
-// mutable state. It imports only internal/resource, schemas, the CloudEvents
-// SDK (events and CESQL) and the standard library, and never broker, workers,
-// router or cmd.
+// net/http server or client, no os/exec) and reads no files; its only global
+// state is the lock that serialises CESQL parsing. It imports internal/resource,
+// schemas, the CloudEvents SDK (events, and CESQL with the ANTLR runtime its
+// parser is generated for) and the standard library, never broker, workers,
+// router or cmd. (net/http is linked in only through the SDK's root package,
+// which CESQL imports; nothing here calls it.)
 package triggers

@@ -19,9 +19,7 @@ type Filter interface {
 	Match(ev event.Event) bool
 }
 
-// MatchAll is the Filter of a trigger without filters: every event passes.
-var MatchAll Filter = matchAll{}
-
+// matchAll is the Filter of a trigger without filters: every event passes.
 type matchAll struct{}
 
 func (matchAll) Match(event.Event) bool { return true }
@@ -86,7 +84,7 @@ func (c *compiler) compileFilters(filters []filterSpec, legacy *legacyFilterSpec
 		}
 		return newAttributes(legacy.Attributes)
 	}
-	return MatchAll
+	return matchAll{}
 }
 
 // with returns path extended by segs in a new slice, so sibling paths never

@@ -320,8 +320,8 @@ func TestFiltersOverrideFilter(t *testing.T) {
 func TestNoFilterIsMatchAll(t *testing.T) {
 	t.Parallel()
 	tr := mustParse(t, "broker: default\n")
-	if tr.Filter != MatchAll {
-		t.Errorf("Filter = %s, want MatchAll", describe(tr.Filter))
+	if _, ok := tr.Filter.(matchAll); !ok {
+		t.Errorf("Filter = %s, want matchAll", describe(tr.Filter))
 	}
 }
 

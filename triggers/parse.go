@@ -31,8 +31,9 @@ type Trigger struct {
 	Name string
 	// Broker is spec.broker, DefaultBroker when absent.
 	Broker string
-	// Filter decides which events the trigger delivers; never nil (MatchAll
-	// when the trigger has no filter).
+	// Filter decides which events the trigger delivers. Parse always sets it
+	// (to a filter that passes everything when the manifest has none); Match
+	// and Index treat nil the same way.
 	Filter Filter
 	// Subscriber receives the matching events.
 	Subscriber Destination

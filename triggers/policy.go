@@ -38,12 +38,13 @@ const (
 	DefaultBackoffDelay = 200 * time.Millisecond
 	// DefaultTimeout bounds each attempt. Knative sets no default (the HTTP
 	// client's own, unbounded); weft needs a bound so that a hung subscriber
-	// cannot hold an event forever. 30 s is Knative Serving's and JetStream's
-	// customary request scale.
+	// cannot hold an event forever. 30 s equals JetStream's default consumer
+	// AckWait; a subscriber that needs longer sets spec.delivery.timeout.
 	DefaultTimeout = 30 * time.Second
 	// DefaultRetryAfterMax caps an honoured Retry-After when the trigger does
-	// not set retryAfterMax.
-	DefaultRetryAfterMax = 60 * time.Second
+	// not set retryAfterMax, so one subscriber cannot park a delivery for
+	// long; it equals DefaultTimeout.
+	DefaultRetryAfterMax = 30 * time.Second
 )
 
 // Policy is a trigger's compiled delivery spec. The zero value retries

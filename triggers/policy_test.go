@@ -114,7 +114,7 @@ func TestRetryDelay(t *testing.T) {
 func TestDefaultPolicy(t *testing.T) {
 	t.Parallel()
 	want := Policy{Retry: 10, BackoffPolicy: Exponential, BackoffDelay: 200 * time.Millisecond,
-		Timeout: 30 * time.Second, RetryAfterMax: 60 * time.Second}
+		Timeout: 30 * time.Second, RetryAfterMax: 30 * time.Second}
 	if got := DefaultPolicy(); got != want {
 		t.Errorf("DefaultPolicy() = %+v, want %+v", got, want)
 	}

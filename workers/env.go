@@ -64,12 +64,13 @@ func envValue(env []string, key string) string {
 // lookPath resolves the program of a command the way the worker's own shell
 // would: a name containing a slash is a path, relative to dir when not
 // absolute; a bare name is searched in the worker's PATH (env), not weft's,
-// so a spec that sets PATH finds its own tools.
+// so a spec that sets PATH finds its own tools. The result is absolute, so
+// os/exec does not resolve it against dir a second time.
 func lookPath(name, dir string, env []string) (string, error) {
 	if strings.Contains(name, "/") {
-		p := name
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
+		p, err := within(dir, name)
+		if err != nil {
+			return "", err
 		}
 		if err := executable(p); err != nil {
 			return "", err
@@ -80,15 +81,20 @@ func lookPath(name, dir string, env []string) (string, error) {
 		if d == "" {
 			d = "."
 		}
-		p := filepath.Join(d, name)
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
-		}
-		if executable(p) == nil {
+		p, err := within(dir, filepath.Join(d, name))
+		if err == nil && executable(p) == nil {
 			return p, nil
 		}
 	}
 	return "", fmt.Errorf("%s: not found in the worker's PATH", name)
+}
+
+// within makes p absolute, resolving a relative p from dir.
+func within(dir, p string) (string, error) {
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	return filepath.Abs(p)
 }
 
 func executable(path string) error {

@@ -58,6 +58,7 @@ func TestLookPath(t *testing.T) {
 		"relative to dir": {"./local", filepath.Join(dir, "local")},
 		"in worker PATH":  {"tool", filepath.Join(bin, "tool")},
 		"absolute":        {filepath.Join(bin, "tool"), filepath.Join(bin, "tool")},
+		"dotted":          {"bin/../local", filepath.Join(dir, "local")},
 		"not in PATH":     {"local", ""},
 		"not executable":  {"./data", ""},
 		"missing":         {"./nope", ""},

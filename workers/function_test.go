@@ -35,7 +35,8 @@ func fieldErrors(err error) []*resource.FieldError {
 	var out []*resource.FieldError
 	var walk func(error)
 	walk = func(err error) {
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var j interface{ Unwrap() []error }
+		if errors.As(err, &j) {
 			for _, e := range j.Unwrap() {
 				walk(e)
 			}

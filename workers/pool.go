@@ -101,6 +101,7 @@ type Pool struct {
 	mu    sync.Mutex
 	state poolState
 	fns   map[string]*fnState
+	ports map[int]bool // held by live processes; see reservePort
 }
 
 // fnState is one applied function; its fields are guarded by Pool.mu.
@@ -184,6 +185,7 @@ func New(cfg Config, log *slog.Logger) *Pool {
 		ready:       make(chan struct{}),
 		quit:        make(chan struct{}),
 		fns:         map[string]*fnState{},
+		ports:       map[int]bool{},
 	}
 }
 
@@ -244,6 +246,8 @@ func (p *Pool) Run(ctx context.Context) error {
 // stopped after their in-flight requests finished, so nothing is cut, and
 // until then the old ones keep serving (also when the new spec never becomes
 // ready). An unchanged fn is a no-op. Apply does not block on processes.
+// fn must not be nil and should come from Parse; the pool keeps it and
+// never modifies it.
 func (p *Pool) Apply(fn *Function) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -301,6 +302,7 @@ func TestRunStopsEveryProcess(t *testing.T) {
 	<-p.Ready()
 	p.Apply(goFn("stubborn", "IGNORE_TERM=1", "SPAWN_CHILD=1"))
 	polite := mustSend(t, p, "function:polite", map[string]any{})
+	_ = p.Follow(ctx, "polite") // a follower must not outlive Run either
 	stubborn := mustSend(t, p, "function:stubborn", map[string]any{})
 
 	start := time.Now()
@@ -313,6 +315,9 @@ func TestRunStopsEveryProcess(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return")
 	}
+	// Every goroutine of the pool has ended; the AfterFunc of a Follow may
+	// take a moment after its context, so poll.
+	waitFor(t, 5*time.Second, func() bool { return poolGoroutines() == "" })
 	if took := time.Since(start); took < grace {
 		t.Errorf("Run returned after %v, before the stubborn worker's grace of %v", took, grace)
 	}
@@ -331,4 +336,18 @@ func TestRunStopsEveryProcess(t *testing.T) {
 	if err := p.Run(context.Background()); err == nil {
 		t.Error("a second Run succeeded")
 	}
+}
+
+// poolGoroutines returns the stacks of live goroutines running code of a
+// pool, or "" when there are none. (goleak is not a dependency of weft.)
+func poolGoroutines() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "workers.(*Pool)") || strings.Contains(g, "workers.(*process)") || strings.Contains(g, "workers.(*logBuffer)") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }

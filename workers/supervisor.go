@@ -127,6 +127,9 @@ func (pr *process) exitError() error {
 // start builds the command of one instance and has the spawner fork it.
 func (p *Pool) start(in *instance, port int, log *slog.Logger) (*process, error) {
 	spec := in.spec
+	if len(spec.Command) == 0 {
+		return nil, errors.New("start: the function has no command")
+	}
 	env := buildEnv(spec, port, p.cfg.ProxyURL, os.LookupEnv)
 	path, err := lookPath(spec.Command[0], spec.Dir, env)
 	if err != nil {
@@ -224,10 +227,11 @@ func (p *Pool) runOnce(in *instance, log *slog.Logger) error {
 	if in.stopRequested() {
 		return nil
 	}
-	port, err := freePort()
+	port, err := p.reservePort()
 	if err != nil {
 		return fmt.Errorf("pick a port: %w", err)
 	}
+	defer p.releasePort(port)
 	proc, err := p.start(in, port, log)
 	if err != nil {
 		return err
@@ -374,14 +378,35 @@ func (p *Pool) drain(in *instance, proc *process, log *slog.Logger) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago. Another
-// process may take it before the worker binds; the worker then fails and is
-// restarted on a new port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// reservePort returns a loopback port that was free a moment ago and that no
+// other live process of the pool holds: the kernel may hand a port it just
+// freed to the next caller, and two instances on one port could each pass
+// the other's readiness probe. Another program may still take the port
+// before the worker binds; the worker then fails and restarts on a new one.
+// The port stays reserved until releasePort, after the process is reaped.
+func (p *Pool) reservePort() (int, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		p.mu.Lock()
+		taken := p.ports[port]
+		if !taken {
+			p.ports[port] = true
+		}
+		p.mu.Unlock()
+		if !taken {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free loopback port that the pool does not already use")
+}
+
+func (p *Pool) releasePort(port int) {
+	p.mu.Lock()
+	delete(p.ports, port)
+	p.mu.Unlock()
 }

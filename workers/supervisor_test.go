@@ -20,33 +20,38 @@ import (
 
 func TestCrashIsRestarted(t *testing.T) {
 	p := startPool(t, Config{})
-	p.Apply(goFn("crashy"))
-	before := mustSend(t, p, "function:crashy", map[string]any{})
+	for name, fn := range map[string]*Function{"go": goFn("crashy-go"), "python": pyFn(t, "crashy-py")} {
+		t.Run(name, func(t *testing.T) {
+			target := "function:" + fn.Name
+			p.Apply(fn)
+			before := mustSend(t, p, target, map[string]any{})
 
-	_, _, err := send(p, "function:crashy", map[string]any{"crash": true})
-	if err == nil {
-		t.Fatal("a request that crashed the worker succeeded")
-	}
-	if _, ok := ceclient.IsStatus(err); ok {
-		t.Errorf("crash reported as a status: %v", err)
-	}
-	waitFor(t, 10*time.Second, func() bool {
-		s := statusOf(t, p, "crashy")
-		return s.Restarts == 1 && s.State == StateReady
-	})
-	s := statusOf(t, p, "crashy")
-	if !strings.Contains(s.LastError, "exit status 3") || !slices.Contains(s.Stderr, "crashing on demand") {
-		t.Errorf("status %+v, want the exit status and the stderr tail", s)
-	}
-	if !gone(before.PID) {
-		t.Errorf("crashed pid %d still exists (not reaped?)", before.PID)
-	}
-	after := mustSend(t, p, "function:crashy", map[string]any{})
-	if after.PID == before.PID {
-		t.Error("the same process answered after the crash")
-	}
-	if in := p.Instances("crashy"); len(in) != 1 || in[0].Restarts != 1 || in[0].PID != after.PID {
-		t.Errorf("instances %+v, want one restarted once", in)
+			_, _, err := send(p, target, map[string]any{"crash": true})
+			if err == nil {
+				t.Fatal("a request that crashed the worker succeeded")
+			}
+			if _, ok := ceclient.IsStatus(err); ok {
+				t.Errorf("crash reported as a status: %v", err)
+			}
+			waitFor(t, 10*time.Second, func() bool {
+				s := statusOf(t, p, fn.Name)
+				return s.Restarts == 1 && s.State == StateReady
+			})
+			s := statusOf(t, p, fn.Name)
+			if !strings.Contains(s.LastError, "exit status 3") || !slices.Contains(s.Stderr, "crashing on demand") {
+				t.Errorf("status %+v, want the exit status and the stderr tail", s)
+			}
+			if !gone(before.PID) {
+				t.Errorf("crashed pid %d still exists (not reaped?)", before.PID)
+			}
+			after := mustSend(t, p, target, map[string]any{})
+			if after.PID == before.PID {
+				t.Error("the same process answered after the crash")
+			}
+			if in := p.Instances(fn.Name); len(in) != 1 || in[0].Restarts != 1 || in[0].PID != after.PID {
+				t.Errorf("instances %+v, want one restarted once", in)
+			}
+		})
 	}
 }
 
@@ -120,11 +125,22 @@ func TestReadinessTimeout(t *testing.T) {
 
 func TestStartFailureIsReported(t *testing.T) {
 	p := startPool(t, Config{})
-	fn := &Function{Name: "missing", Command: []string{"./no-such-program"}, Dir: t.TempDir(), Scale: Scale{Target: 1}}
-	p.Apply(fn)
-	waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, "missing").Restarts >= 1 })
-	if s := statusOf(t, p, "missing"); !strings.Contains(s.LastError, "no-such-program") {
-		t.Errorf("last error %q, want it to name the program", s.LastError)
+	cases := map[string]struct {
+		command []string
+		want    string
+	}{
+		"missing program": {[]string{"./no-such-program"}, "no-such-program"},
+		"no command":      {nil, "no command"}, // a hand-built Function; Parse refuses it
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			fn := &Function{Name: strings.ReplaceAll(name, " ", "-"), Command: c.command, Dir: t.TempDir(), Scale: Scale{Target: 1}}
+			p.Apply(fn)
+			waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, fn.Name).Restarts >= 1 })
+			if s := statusOf(t, p, fn.Name); !strings.Contains(s.LastError, c.want) || s.State != StateCrashLoop && s.State != StateStarting {
+				t.Errorf("status %+v, want a crash loop whose error names %q", s, c.want)
+			}
+		})
 	}
 }
 

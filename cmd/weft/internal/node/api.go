@@ -227,7 +227,7 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 	if kind == "Function" {
 		for _, st := range a.Pool.Status() {
 			if st.Name == res.Name {
-				out["status"] = st
+				out["status"] = functionView{FunctionStatus: st, Instances: a.Pool.Instances(st.Name)}
 			}
 		}
 	}
@@ -248,8 +248,18 @@ func (a *API) deleteOne(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"changes": changes})
 }
 
+// functionView is a function's status with its live instances.
+type functionView struct {
+	workers.FunctionStatus
+	Instances []workers.InstanceStatus `json:"instances"`
+}
+
 func (a *API) functions(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, a.Pool.Status())
+	out := []functionView{}
+	for _, st := range a.Pool.Status() {
+		out = append(out, functionView{FunctionStatus: st, Instances: a.Pool.Instances(st.Name)})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // logs writes a function's captured lines as NDJSON; with ?follow=1 it keeps
