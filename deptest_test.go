@@ -42,6 +42,7 @@ var depRules = []depRule{
 	{dir: "router", allow: []string{"internal", "schemas"}, why: "router never imports broker, triggers or workers"},
 	{dir: "internal", allow: []string{"internal"}, why: "internal/* is shared below the components"},
 	{dir: "schemas", why: "schemas is a leaf package"},
+	{dir: "examples", why: "example functions stand alone: they show what a user writes, without weft packages"},
 }
 
 // TestDependencies runs `go list -deps` on every package of the module and

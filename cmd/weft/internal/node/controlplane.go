@@ -93,14 +93,40 @@ func (cp *ControlPlane) Restore(ctx context.Context) error {
 	}
 	var objs []resource.Object
 	for _, kv := range kvs {
-		got, err := resource.Decode("store:"+kv.Key, kv.Value)
+		file, manifest := unwrapStored(kv.Value)
+		got, err := resource.Decode("store:"+kv.Key, manifest)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", kv.Key, err)
 		}
+		for i := range got {
+			// The file an API apply named is where relative paths of the
+			// resource (a Function's command and folder) resolve from.
+			got[i].File = file
+		}
 		objs = append(objs, got...)
 	}
-	_, err = cp.Apply(ctx, objs, sourceAPI)
-	return err
+	if _, err = cp.Apply(ctx, objs, sourceAPI); err != nil {
+		return fmt.Errorf("restore resources from the store: %w", err)
+	}
+	return nil
+}
+
+// stored is how an API-applied resource persists: its manifest and the file
+// the apply named (empty when none), which a Function needs to find its
+// folder again after a restart.
+type stored struct {
+	File     string          `json:"file"`
+	Manifest json.RawMessage `json:"manifest"`
+}
+
+// unwrapStored reads a stored record; a bare manifest (as written before
+// records carried their file) has no file.
+func unwrapStored(v []byte) (file string, manifest []byte) {
+	var rec stored
+	if err := json.Unmarshal(v, &rec); err == nil && len(rec.Manifest) > 0 {
+		return rec.File, rec.Manifest
+	}
+	return "", v
 }
 
 // Apply validates objs as one change and puts them in force. source is
@@ -140,7 +166,7 @@ func (cp *ControlPlane) stage(next map[resource.Key]applied, objs []resource.Obj
 		action := "created"
 		if old, ok := next[obj.Key()]; ok {
 			action = "configured"
-			if string(old.obj.JSON) == string(obj.JSON) && old.source == a.source {
+			if string(old.obj.JSON) == string(obj.JSON) && old.source == a.source && old.obj.File == obj.File {
 				action = "unchanged"
 			}
 		}
@@ -164,7 +190,11 @@ func (cp *ControlPlane) commit(ctx context.Context, next map[resource.Key]applie
 		key := storePrefix + k.Kind + "/" + k.Name
 		switch {
 		case ok && a.source == sourceAPI && ch.Action != "unchanged":
-			if err := cp.store.Put(ctx, key, a.obj.JSON); err != nil {
+			rec, err := json.Marshal(stored{File: a.obj.File, Manifest: a.obj.JSON})
+			if err != nil {
+				return fmt.Errorf("persist %s: %w", k, err)
+			}
+			if err := cp.store.Put(ctx, key, rec); err != nil {
 				return fmt.Errorf("persist %s: %w", k, err)
 			}
 		case ch.Action != "unchanged" && (!ok || a.source != sourceAPI):

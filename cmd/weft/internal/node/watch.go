@@ -84,6 +84,11 @@ func (f *Files) Watch(ctx context.Context) error {
 	if err := f.addDirs(w); err != nil {
 		return err
 	}
+	// A change made after the caller's Load but before the watches were in
+	// place gave no event: read the files once more now that they are.
+	if err := f.Load(ctx); err != nil {
+		f.log.Error("manifest change refused; previous state stays in force", "err", err)
+	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -97,7 +102,13 @@ func (f *Files) Watch(ctx context.Context) error {
 			}
 			if ev.Has(fsnotify.Create) {
 				if st, err := os.Stat(ev.Name); err == nil && st.IsDir() {
-					_ = w.Add(ev.Name) // new sub-folder: its manifests count too
+					// A new sub-folder, made here or moved in whole: watch
+					// it and the folders under it, and reload, since its
+					// manifests may predate the watch and give no event.
+					if err := addTree(w, ev.Name); err != nil {
+						f.log.Warn("manifest watcher", "err", err)
+					}
+					timer.Reset(settle)
 				}
 			}
 			if resource.IsManifest(ev.Name) || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
@@ -128,18 +139,26 @@ func (f *Files) addDirs(w *fsnotify.Watcher) error {
 			}
 			continue
 		}
-		err = filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.IsDir() {
-				return w.Add(path)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("watch %s: %w", p, err)
+		if err := addTree(w, p); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// addTree watches dir and every folder under it.
+func addTree(w *fsnotify.Watcher, dir string) error {
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return w.Add(path)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
 	}
 	return nil
 }
