@@ -69,7 +69,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.routerAddr, "router", "127.0.0.1:8081", "address of the router (workers' HTTP_PROXY)")
 	f.StringVar(&o.storeURL, "store", "", `control-plane store: "" = Badger under --data`)
 	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
-	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 1 MiB)")
+	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 960 KiB)")
 	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
 	return cmd
 }
