@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/weft-dev/weft/internal/testutil"
 )
 
 // goWorker is the Go test worker (testdata/goworker), built once per test
@@ -59,29 +61,27 @@ func runHelper() int {
 	p := New(Config{}, nil)
 	p.Apply(&Function{Name: "orphan", Command: []string{os.Getenv(workerEnv)}, Dir: os.TempDir(), Scale: Scale{Target: 1}})
 	go func() { _ = p.Run(context.Background()) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
 		if in := p.Instances("orphan"); len(in) == 1 && in[0].State == StateReady {
 			fmt.Fprintf(os.Stdout, "pid=%d\n", in[0].PID)
-			time.Sleep(time.Minute) // the test kills us long before
+			select {} // the test kills us with SIGKILL
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			fmt.Fprintln(os.Stderr, "helper: instance not ready")
 			return 1
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
-	fmt.Fprintln(os.Stderr, "helper: instance not ready")
-	return 1
 }
 
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(5 * time.Millisecond) // a polling interval, not a synchronisation
-	}
+	testutil.WaitFor(t, timeout, cond)
 }
 
 func testLogger() *slog.Logger {
@@ -154,7 +154,7 @@ func pyFn(t *testing.T, name string) *Function {
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
 		if py, err = exec.LookPath("python3"); err != nil {
-			t.Skip("no python3")
+			t.Fatal("python3 is missing: ./task test installs it")
 		}
 	}
 	dir, err := filepath.Abs("testdata")
