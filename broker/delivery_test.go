@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/weft-dev/weft/internal/ceclient"
@@ -126,6 +128,16 @@ func TestNodeDLQReplay(t *testing.T) {
 	setTriggers(t, b, triggerYAML("orders", "  filters: [{exact: {type: dev.weft.test}}]", "{uri: "+sub.URL+"}", "  delivery: {retry: 1, backoffPolicy: linear, backoffDelay: PT0.01S}")+
 		triggerYAML("other", "  filters: [{exact: {type: other.type}}]", "{uri: "+sub.URL+"}", "  delivery: {retry: 0}"))
 	ctx := context.Background()
+	// Any NATS client can consume a trigger's dead letters.
+	nc, err := nats.Connect(b.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	dead, err := nc.SubscribeSync("weft.dlq.orders")
+	if err != nil {
+		t.Fatal(err)
+	}
 	post(t, srv, ingressCase{headers: caseBinary("dlq-1"), body: `{}`})
 	post(t, srv, ingressCase{headers: caseBinary("dlq-2", "ce-type", "other.type"), body: `{}`})
 
@@ -135,6 +147,14 @@ func TestNodeDLQReplay(t *testing.T) {
 		return len(entries) == 1
 	})
 	first := entries[0]
+	msg, err := dead.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("a NATS subscriber got no dead letter: %v", err)
+	}
+	var seen event.Event
+	if err := json.Unmarshal(msg.Data, &seen); err != nil || seen.ID() != "dlq-1" || msg.Header.Get("Weft-Reason") != reasonExhausted {
+		t.Fatalf("NATS dead letter %s %v (%v)", msg.Data, msg.Header, err)
+	}
 	if first.Event.ID() != "dlq-1" || len(first.Attempts) != 2 || first.Attempts[1].Status != 500 || first.Reason != reasonExhausted {
 		t.Fatalf("entry %+v", first)
 	}

@@ -35,6 +35,9 @@ const (
 	reasonInvalidReply = "invalid_reply"
 )
 
+// maxAttemptsKept bounds a dead letter's attempt history.
+const maxAttemptsKept = 100
+
 // ErrNotFound is returned for a dead letter or trigger that does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -104,6 +107,11 @@ func (b *Broker) deadLetter(ctx context.Context, c *conn, tr *triggers.Trigger, 
 			entry.Attempts = append(old.Attempts, history...)
 			entry.Replays = old.Replays + 1
 		}
+	}
+	// The history travels in a header; keep the most recent attempts so an
+	// entry replayed again and again stays far below NATS's payload limit.
+	if n := len(entry.Attempts); n > maxAttemptsKept {
+		entry.Attempts = entry.Attempts[n-maxAttemptsKept:]
 	}
 	if _, err := b.publishDLQ(ctx, c, entry); err != nil {
 		return err

@@ -120,7 +120,9 @@ func run(ctx context.Context, args []string) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	if strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") {
+	// cobra reports these usage errors as plain errors.
+	if msg := err.Error(); strings.HasPrefix(msg, "unknown command") || strings.Contains(msg, "arg(s)") ||
+		strings.HasPrefix(msg, "required flag") || strings.HasPrefix(msg, "invalid argument") {
 		return exitUsage
 	}
 	return exitError

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weft-dev/weft/broker"
@@ -30,6 +31,14 @@ type testNode struct {
 	broker *broker.Broker
 	// notReady is what the API's Ready func reports; nil means ready.
 	notReady atomic.Pointer[error]
+	// deliveries receives what the broker delivers to URL subscribers;
+	// function subscribers go to the pool, as in serve.
+	deliveries chan delivery
+}
+
+type delivery struct {
+	target string
+	id     string
 }
 
 // run starts fn in a goroutine and, when the test ends, cancels its context
@@ -70,7 +79,18 @@ func startNode(t *testing.T, token string) *testNode {
 		t.Fatal("pool not ready after 10s")
 	}
 
-	b, err := broker.New(broker.Config{DataDir: t.TempDir(), NATSAddr: "", DrainTimeout: time.Second}, pool, metrics, discard())
+	n := &testNode{deliveries: make(chan delivery, 64)}
+	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
+		if strings.HasPrefix(target, "function:") {
+			return pool.Deliver(ctx, target, ev)
+		}
+		select {
+		case n.deliveries <- delivery{target, ev.ID()}:
+		default: // a test that does not read them does not care
+		}
+		return nil, nil
+	})
+	b, err := broker.New(broker.Config{DataDir: t.TempDir(), NATSAddr: "", DrainTimeout: time.Second}, deliver, metrics, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +103,7 @@ func startNode(t *testing.T, token string) *testNode {
 		t.Fatal("broker not ready after 30s")
 	}
 
-	n := &testNode{broker: b}
+	n.broker = b
 	n.cp = NewControlPlane(st, b, pool, discard())
 	if err := n.cp.Restore(t.Context()); err != nil {
 		t.Fatal(err)
@@ -100,7 +120,44 @@ func startNode(t *testing.T, token string) *testNode {
 	}
 	n.srv = httptest.NewServer(api.Handler())
 	t.Cleanup(n.srv.Close)
+	n.waitDispatching(t)
 	return n
+}
+
+// waitDispatching returns once the broker dispatches events: it applies a
+// probe trigger, publishes an event through the ingress, waits for its
+// delivery and deletes the probe again. (The broker starts dispatching after
+// the first SetTriggers; stopping it while the dispatcher is being set up
+// makes Run fail with "dispatch consumer: context canceled", so a test must
+// not end before this point.)
+func (n *testNode) waitDispatching(t *testing.T) {
+	t.Helper()
+	probe := strings.Replace(triggerDoc("probe", "dev.weft.probe"), "http://127.0.0.1:9/hook", "http://probe/", 1)
+	if _, err := n.cp.Apply(t.Context(), decode(t, "", probe), sourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	ev := `{"specversion":"1.0","id":"probe-1","source":"/api/test","type":"dev.weft.probe"}`
+	n.do(t, "POST", "/", "", "application/cloudevents+json", ev).want(t, "probe event", http.StatusAccepted)
+	n.waitDelivery(t, "http://probe/", "probe-1")
+	if _, err := n.cp.Delete(t.Context(), []resource.Key{{Kind: "Trigger", Name: "probe"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitDelivery waits until the broker delivered event id to target.
+func (n *testNode) waitDelivery(t *testing.T, target, id string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case d := <-n.deliveries:
+			if d.target == target && d.id == id {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("event %s not delivered to %s within 30s", id, target)
+		}
+	}
 }
 
 // response is one answer of the node.
@@ -189,8 +246,8 @@ func TestAPIToken(t *testing.T) {
 	}
 	n.do(t, "GET", "/readyz", "", "", "").want(t, "readyz", http.StatusOK)
 	r := n.do(t, "GET", "/metrics", "", "", "").want(t, "metrics", http.StatusOK)
-	if !strings.Contains(string(r.body), "weft_events_stored_total 2") {
-		t.Errorf("metrics do not count the two stored events:\n%s", r.body)
+	if !strings.Contains(string(r.body), "weft_events_stored_total 3") {
+		t.Errorf("metrics do not count the three stored events (probe, e1, e2):\n%s", r.body)
 	}
 }
 
@@ -251,6 +308,9 @@ func TestAPIApplyListDelete(t *testing.T) {
 	if n.broker.Triggers().Len() != 2 {
 		t.Errorf("broker has %d triggers, want 2", n.broker.Triggers().Len())
 	}
+	ev := `{"specversion":"1.0","id":"to-t2","source":"/api/test","type":"b"}`
+	n.do(t, "POST", "/", "", "application/cloudevents+json", ev).want(t, "publish", http.StatusAccepted)
+	n.waitDelivery(t, "http://127.0.0.1:9/hook", "to-t2")
 	list = nil
 	n.do(t, "GET", "/api/v1/resources/triggers", "", "", "").want(t, "list", http.StatusOK).decode(t, &list)
 	var names []string
