@@ -11,36 +11,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/weft-dev/weft/broker"
 )
 
-type dlqEntry struct {
-	ID       uint64          `json:"id"`
-	Trigger  string          `json:"trigger"`
-	Reason   string          `json:"reason"`
-	Target   string          `json:"target"`
-	FailedAt time.Time       `json:"failedAt"`
-	Replays  int             `json:"replays"`
-	Error    string          `json:"error"`
-	Attempts []attempt       `json:"attempts"`
-	Event    json.RawMessage `json:"event"`
-}
+// replayStatus adds the CLI's view to the node's answer.
+type replayStatus struct{ broker.ReplayStatus }
 
-type attempt struct {
-	Time      time.Time `json:"time"`
-	Status    int       `json:"status"`
-	Error     string    `json:"error"`
-	LatencyMS float64   `json:"latencyMs"`
-}
-
-type replayStatus struct {
-	ID        string   `json:"id"`
-	Total     int      `json:"total"`
-	Delivered int      `json:"delivered"`
-	Failed    int      `json:"failed"`
-	Skipped   []uint64 `json:"skipped"`
-}
-
-func (s replayStatus) done() bool { return s.Delivered+s.Failed+len(s.Skipped) >= s.Total }
+func (s replayStatus) done() bool { return s.Done() }
 
 func newDLQCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
@@ -72,7 +50,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 			if _, err := strconv.ParseUint(args[0], 10, 64); err != nil {
 				return withCode(exitUsage, fmt.Errorf("ID %q is not a number", args[0]))
 			}
-			var e dlqEntry
+			var e broker.DLQEntry
 			if err := g.client().do(cmd.Context(), "GET", "/api/v1/dlq/"+args[0], "", nil, &e); err != nil {
 				return err
 			}
@@ -152,7 +130,7 @@ func setIf(q url.Values, k, v string) {
 }
 
 func listDLQ(cmd *cobra.Command, g *globals, q url.Values) error {
-	var list []dlqEntry
+	var list []broker.DLQEntry
 	path := "/api/v1/dlq"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -170,8 +148,7 @@ func listDLQ(cmd *cobra.Command, g *globals, q url.Values) error {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTRIGGER\tFAILED\tREASON\tATTEMPTS\tLAST STATUS\tEVENT")
 	for _, e := range list {
-		var ev struct{ ID, Type string }
-		_ = json.Unmarshal(e.Event, &ev)
+		ev := e.Event
 		last := ""
 		if n := len(e.Attempts); n > 0 {
 			last = strconv.Itoa(e.Attempts[n-1].Status)
@@ -179,12 +156,12 @@ func listDLQ(cmd *cobra.Command, g *globals, q url.Values) error {
 				last = trunc(e.Attempts[n-1].Error, 30)
 			}
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s %s\n", e.ID, e.Trigger, e.FailedAt.Local().Format(time.DateTime), e.Reason, len(e.Attempts), last, ev.Type, ev.ID)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s %s\n", e.ID, e.Trigger, e.FailedAt.Local().Format(time.DateTime), e.Reason, len(e.Attempts), last, ev.Type(), ev.ID())
 	}
 	return tw.Flush()
 }
 
-func showEntry(g *globals, e dlqEntry) error {
+func showEntry(g *globals, e broker.DLQEntry) error {
 	w := g.stdout
 	fmt.Fprintf(w, "ID:       %d\nTrigger:  %s\nTarget:   %s\nReason:   %s\nFailed:   %s\nReplays:  %d\n", e.ID, e.Trigger, e.Target, e.Reason, e.FailedAt.Local().Format(time.RFC3339), e.Replays)
 	if e.Error != "" {
@@ -198,14 +175,11 @@ func showEntry(g *globals, e dlqEntry) error {
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w, "Event:")
-	var pretty map[string]any
-	if json.Unmarshal(e.Event, &pretty) == nil {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("  ", "  ")
-		fmt.Fprint(w, "  ")
-		return enc.Encode(pretty)
+	pretty, err := json.MarshalIndent(&e.Event, "  ", "  ")
+	if err != nil {
+		return fmt.Errorf("render event: %w", err)
 	}
-	_, err := fmt.Fprintf(w, "  %s\n", e.Event)
+	_, err = fmt.Fprintf(w, "  %s\n", pretty)
 	return err
 }
 

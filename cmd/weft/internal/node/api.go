@@ -295,17 +295,23 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 
 func parseFilter(r *http.Request) (broker.DLQFilter, error) {
 	q := r.URL.Query()
-	f := broker.DLQFilter{Trigger: q.Get("trigger")}
+	return filterOf(q.Get("trigger"), q.Get("since"), q.Get("until"), q.Get("limit"))
+}
+
+// filterOf builds a DLQ filter from its text form, as the list query and the
+// replay body carry it.
+func filterOf(trigger, since, until, limit string) (broker.DLQFilter, error) {
+	f := broker.DLQFilter{Trigger: trigger}
 	var err error
-	if f.Since, err = parseTime(q.Get("since")); err != nil {
+	if f.Since, err = parseTime(since); err != nil {
 		return f, fmt.Errorf("since: %w", err)
 	}
-	if f.Until, err = parseTime(q.Get("until")); err != nil {
+	if f.Until, err = parseTime(until); err != nil {
 		return f, fmt.Errorf("until: %w", err)
 	}
-	if s := q.Get("limit"); s != "" {
-		if f.Limit, err = strconv.Atoi(s); err != nil || f.Limit < 0 {
-			return f, fmt.Errorf("limit %q is not a non-negative integer", s)
+	if limit != "" {
+		if f.Limit, err = strconv.Atoi(limit); err != nil || f.Limit < 0 {
+			return f, fmt.Errorf("limit %q is not a non-negative integer", limit)
 		}
 	}
 	return f, nil
@@ -371,16 +377,12 @@ func (a *API) dlqReplay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("replay request: %w", err))
 		return
 	}
-	req := broker.ReplayRequest{IDs: body.IDs, Filter: broker.DLQFilter{Trigger: body.Trigger}}
-	var err error
-	if req.Filter.Since, err = parseTime(body.Since); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("since: %w", err))
+	f, err := filterOf(body.Trigger, body.Since, body.Until, "")
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	if req.Filter.Until, err = parseTime(body.Until); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("until: %w", err))
-		return
-	}
+	req := broker.ReplayRequest{IDs: body.IDs, Filter: f}
 	if len(body.IDs) == 0 && body.Trigger == "" && body.Since == "" && body.Until == "" && !body.All {
 		writeError(w, http.StatusBadRequest, errors.New("say what to replay: ids, a trigger, a time range, or all"))
 		return
