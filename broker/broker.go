@@ -128,16 +128,16 @@ type Broker struct {
 	metrics   *Metrics
 	deliverer Deliverer
 
-	index       atomic.Pointer[triggers.Index]
-	triggersSet chan struct{} // closed by the first SetTriggers
-	setOnce     sync.Once
-	inflight    chan struct{} // semaphore of publishes awaiting storage
+	index        atomic.Pointer[triggers.Index]
+	dispatchGate chan struct{} // closed by StartDispatching
+	gateOnce     sync.Once
+	inflight     chan struct{} // semaphore of publishes awaiting storage
 
 	ready     chan struct{}
 	readyOnce sync.Once
 	conn      atomic.Pointer[conn] // set while running
 
-	mu      sync.Mutex // guards runners and runCtx
+	mu      sync.Mutex // guards runners, runCtx, and serialises index swaps
 	runners map[string]*runner
 	runCtx  context.Context // nil until Run started the runners
 
@@ -166,14 +166,14 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		m = NewMetrics()
 	}
 	b := &Broker{
-		cfg:         cfg,
-		log:         log,
-		metrics:     m,
-		deliverer:   d,
-		inflight:    make(chan struct{}, cfg.MaxInflight),
-		ready:       make(chan struct{}),
-		triggersSet: make(chan struct{}),
-		runners:     map[string]*runner{},
+		cfg:          cfg,
+		log:          log,
+		metrics:      m,
+		deliverer:    d,
+		inflight:     make(chan struct{}, cfg.MaxInflight),
+		ready:        make(chan struct{}),
+		dispatchGate: make(chan struct{}),
+		runners:      map[string]*runner{},
 	}
 	b.index.Store(triggers.NewIndex(nil))
 	b.replays.byID = map[string]*ReplayStatus{}
@@ -181,7 +181,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 }
 
 // Ready is closed once the broker stores events. Dispatching starts after
-// the first SetTriggers.
+// StartDispatching.
 func (b *Broker) Ready() <-chan struct{} { return b.ready }
 
 // NATSURL is the URL external NATS clients use, or "" before Run is ready or
@@ -220,10 +220,11 @@ func (b *Broker) Run(ctx context.Context) error {
 	b.readyOnce.Do(func() { close(b.ready) })
 	b.log.Info("broker ready", "nats", b.NATSURL(), "sync_always", !b.cfg.RelaxedSync)
 
-	// Events stored before a restart must not be matched against an empty
-	// index: dispatching waits until the first trigger set is in force.
+	// Events stored before a restart must not be matched against a partial
+	// index: dispatching waits until the node's whole configuration is in
+	// force (StartDispatching).
 	select {
-	case <-b.triggersSet:
+	case <-b.dispatchGate:
 	case <-ctx.Done():
 		sub.stop()
 		return nil
@@ -231,10 +232,14 @@ func (b *Broker) Run(ctx context.Context) error {
 	stopDispatch, err := b.startDispatcher(ctx, c)
 	if err != nil {
 		sub.stop()
+		if ctx.Err() != nil {
+			return nil // stopped while starting: not a failure
+		}
 		return err
 	}
 	b.mu.Lock()
 	b.runCtx = ctx
+	b.forgetStaleTriggers(ctx, c)
 	b.reconcileLocked(b.index.Load())
 	b.mu.Unlock()
 	<-ctx.Done()
@@ -242,6 +247,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	sub.stop()
 	stopDispatch()
 	b.mu.Lock()
+	b.runCtx = nil // a SetTriggers from now on starts nothing
 	for name, r := range b.runners {
 		r.stop()
 		delete(b.runners, name)
@@ -345,16 +351,22 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 // consumer, removed ones lose theirs and their pending deliveries, changed
 // ones take effect on their next delivery. It never fails half-way: the index
 // was validated when it was built.
-//
-// Until the first call the broker stores events but does not dispatch them.
 func (b *Broker) SetTriggers(idx *triggers.Index) {
-	b.index.Store(idx)
-	b.setOnce.Do(func() { close(b.triggersSet) })
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.index.Store(idx) // under mu, so the index and the runners always agree
 	if b.runCtx != nil {
 		b.reconcileLocked(idx)
 	}
+}
+
+// StartDispatching lets a running broker match stored events against the
+// triggers in force. Call it once the node's whole configuration (store and
+// files) is applied: until then events are stored but wait, so that events
+// stored before a restart are never matched against a partial index and
+// dropped. Calls after the first do nothing.
+func (b *Broker) StartDispatching() {
+	b.gateOnce.Do(func() { close(b.dispatchGate) })
 }
 
 // Triggers returns the index in force.

@@ -28,6 +28,15 @@ import (
 // stops both when the test ends.
 func startBroker(t *testing.T, d Deliverer) (*Broker, *httptest.Server) {
 	t.Helper()
+	b, srv := startStoringBroker(t, d)
+	b.StartDispatching()
+	return b, srv
+}
+
+// startStoringBroker is startBroker without StartDispatching: it stores
+// events, but they wait.
+func startStoringBroker(t *testing.T, d Deliverer) (*Broker, *httptest.Server) {
+	t.Helper()
 	b, err := New(Config{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", DrainTimeout: time.Second}, d, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -331,4 +340,23 @@ func TestFiltersRouteEvents(t *testing.T) {
 			t.Errorf("%s got %v, want %v", target, got, ids)
 		}
 	}
+}
+
+// TestEventsWaitForTheWholeConfiguration is the regression test for events
+// lost at start-up: before the fix, the first SetTriggers (the store's
+// resources, before the files' triggers were applied) started dispatching,
+// and events stored before the restart were matched against that partial
+// index and acked unmatched. Now they wait for StartDispatching.
+func TestEventsWaitForTheWholeConfiguration(t *testing.T) {
+	rec := newRecorder()
+	b, srv := startStoringBroker(t, rec)
+	for i := range 50 {
+		if got := post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("w%d", i)), body: `{}`}); got != http.StatusAccepted {
+			t.Fatalf("status %d", got)
+		}
+	}
+	b.SetTriggers(triggers.NewIndex(nil)) // a partial configuration
+	setTriggers(t, b, triggerYAML("all", "", "{uri: http://all.invalid/}", ""))
+	b.StartDispatching()
+	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count("http://all.invalid/") == 50 }, "events stored before dispatching started were lost")
 }

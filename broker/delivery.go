@@ -46,9 +46,10 @@ type Attempt struct {
 // Retry runs attempts per the Knative delivery policy p: up to p.Attempts(),
 // waiting p.RetryDelay between them (a 429/503's Retry-After counts, capped
 // by retryAfterMax), retrying network errors, timeouts and the statuses Knative
-// retries. record, if not nil, sees every attempt. It stops early when ctx
-// ends and returns ctx's error then.
-func Retry(p triggers.Policy, record func(Attempt)) Middleware {
+// retries. record, if not nil, sees every attempt; when it returns an error
+// after a failed attempt, no further attempt is made and Retry returns that
+// error. It stops early when ctx ends and returns ctx's error then.
+func Retry(p triggers.Policy, record func(Attempt) error) Middleware {
 	return func(next Deliverer) Deliverer {
 		return DelivererFunc(func(ctx context.Context, t string, ev event.Event) (*event.Event, error) {
 			attempts := p.Attempts()
@@ -56,7 +57,9 @@ func Retry(p triggers.Policy, record func(Attempt)) Middleware {
 				start := time.Now()
 				reply, err := next.Deliver(ctx, t, ev)
 				if record != nil {
-					record(attemptOf(start, err))
+					if rerr := record(attemptOf(start, err)); rerr != nil && err != nil {
+						return nil, rerr
+					}
 				}
 				if err == nil {
 					return reply, nil

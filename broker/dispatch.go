@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
@@ -28,31 +30,45 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	if err != nil {
 		return nil, fmt.Errorf("broker: dispatch consumer: %w", err)
 	}
+	// work is never closed: a Consume callback may still be running after
+	// Stop, and a send on a closed channel would panic. Workers leave on
+	// done; a callback gives up on ctx, which has ended by then.
 	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending already bounds what is in flight
+	done := make(chan struct{})
 	for range b.cfg.DispatchWorkers {
 		b.wg.Go(func() {
-			for msg := range work {
-				b.dispatch(ctx, c, msg)
+			for {
+				select {
+				case msg := <-work:
+					b.dispatch(ctx, c, msg)
+				case <-done:
+					return
+				}
 			}
 		})
 	}
-	var closeOnce sync.Once
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if ctx.Err() != nil {
+			return // not acked: redelivered after restart
+		}
 		select {
 		case work <- msg:
-		case <-ctx.Done(): // not acked: redelivered after restart
+		case <-ctx.Done():
 		}
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		b.log.Debug("dispatch consumer", "err", err)
 	}))
 	if err != nil {
-		close(work)
+		close(done)
 		return nil, fmt.Errorf("broker: consume events: %w", err)
 	}
+	var once sync.Once
 	return func() {
-		cc.Stop()
-		<-cc.Closed()
-		closeOnce.Do(func() { close(work) })
+		once.Do(func() {
+			cc.Stop()
+			<-cc.Closed()
+			close(done)
+		})
 	}, nil
 }
 
@@ -67,7 +83,7 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
 	}
 	meta, err := msg.Metadata()
 	if err != nil {
-		_ = msg.Nak()
+		_ = msg.NakWithDelay(retryStorageDelay)
 		return
 	}
 	matched := b.index.Load().MatchBroker(DefaultBroker, ev)
@@ -80,7 +96,7 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
 		f, err := c.js.PublishMsgAsync(out, jetstream.WithMsgID(id), jetstream.WithExpectStream(deliveriesStream))
 		if err != nil {
 			b.log.Warn("fan-out publish failed; event will be redelivered", "event_id", ev.ID(), "trigger", tr.Name, "err", err)
-			_ = msg.Nak()
+			_ = msg.NakWithDelay(retryStorageDelay)
 			return
 		}
 		futures = append(futures, f)
@@ -90,7 +106,7 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
 		case <-f.Ok():
 		case err := <-f.Err():
 			b.log.Warn("fan-out not stored; event will be redelivered", "event_id", ev.ID(), "err", err)
-			_ = msg.Nak()
+			_ = msg.NakWithDelay(retryStorageDelay)
 			return
 		case <-ctx.Done():
 			return // not acked: redelivered after restart
@@ -138,4 +154,32 @@ func (b *Broker) forgetTrigger(c *conn, name string) {
 	}
 }
 
-func consumerName(trigger string) string { return "trigger-" + trigger }
+// retryStorageDelay is how long a message waits before it is tried again
+// after storage refused a step, so a full disk does not become a busy loop.
+const retryStorageDelay = time.Second
+
+const consumerPrefix = "trigger-"
+
+func consumerName(trigger string) string { return consumerPrefix + trigger }
+
+// forgetStaleTriggers removes the consumers and pending deliveries of
+// triggers that were deleted while the node was down, so a trigger re-added
+// later does not receive stale events. b.mu must be held.
+func (b *Broker) forgetStaleTriggers(ctx context.Context, c *conn) {
+	idx := b.index.Load()
+	names := c.dels.ConsumerNames(ctx)
+	var stale []string
+	for name := range names.Name() {
+		trigger, ok := strings.CutPrefix(name, consumerPrefix)
+		if _, live := idx.Get(trigger); ok && !live {
+			stale = append(stale, trigger)
+		}
+	}
+	if err := names.Err(); err != nil {
+		b.log.Warn("list trigger consumers", "err", err)
+	}
+	for _, t := range stale {
+		b.log.Info("removing deliveries of a trigger deleted while the node was down", "trigger", t)
+		b.forgetTrigger(c, t)
+	}
+}

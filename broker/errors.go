@@ -11,4 +11,8 @@ var (
 	// ErrUnavailable is returned by Publish when JetStream did not confirm
 	// storage (stopped, out of resources, timed out). Nothing was acknowledged.
 	ErrUnavailable = errors.New("broker: storage unavailable")
+	// ErrBatchTooLarge is returned by Store for more events in one call than
+	// can ever be in flight at once (Config.MaxInflight); the ingress answers
+	// 413, as retrying cannot help.
+	ErrBatchTooLarge = errors.New("broker: too many events in one request")
 )

@@ -115,7 +115,7 @@ func ingressStatus(err error) (status int, reason string) {
 		return http.StatusBadRequest, "invalid"
 	case errors.As(err, &mt):
 		return http.StatusUnsupportedMediaType, "unsupported_media_type"
-	case errors.Is(err, errBodyTooLarge):
+	case errors.Is(err, errBodyTooLarge), errors.Is(err, ErrBatchTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, errBodyTimeout):
 		return http.StatusRequestTimeout, "timeout"

@@ -41,6 +41,9 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
+	if len(evs) > cap(b.inflight) {
+		return fmt.Errorf("%w: %d events, at most %d", ErrBatchTooLarge, len(evs), cap(b.inflight))
+	}
 	c := b.conn.Load()
 	if c == nil {
 		return fmt.Errorf("%w: broker not running", ErrUnavailable)

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -94,19 +95,30 @@ func (b *Broker) runTrigger(ctx context.Context, name string) {
 	})
 	defer stopDrain()
 
+	// work is never closed (a callback may outlive Stop); workers leave on
+	// done, callbacks give up on ctx.
 	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending bounds what is in flight
+	done := make(chan struct{})
 	var workers sync.WaitGroup
 	for range b.cfg.TriggerWorkers {
 		workers.Go(func() {
-			for msg := range work {
-				b.handleDelivery(deliverCtx, c, name, msg)
+			for {
+				select {
+				case msg := <-work:
+					b.handleDelivery(deliverCtx, ctx, c, name, msg)
+				case <-done:
+					return
+				}
 			}
 		})
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if ctx.Err() != nil {
+			return // not acked: handed out again later
+		}
 		select {
 		case work <- msg:
-		case <-ctx.Done(): // not acked: handed out again later
+		case <-ctx.Done():
 		}
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		b.log.Debug("trigger consumer", "trigger", name, "err", err)
@@ -118,14 +130,21 @@ func (b *Broker) runTrigger(ctx context.Context, name string) {
 		cc.Stop()
 		<-cc.Closed()
 	}
-	close(work)
+	close(done)
 	workers.Wait()
 }
 
+// errStopping ends a retry loop when the runner stops: the attempt in flight
+// was allowed to finish, but no new one starts and the message stays
+// unacked, to be delivered after restart rather than dead-lettered.
+var errStopping = errors.New("broker: stopping")
+
 // handleDelivery delivers one (event, trigger) pair per the trigger's policy
 // and settles the JetStream message: ack on success or once dead-lettered,
-// nothing (so it is redelivered) when weft is stopping.
-func (b *Broker) handleDelivery(ctx context.Context, c *conn, name string, msg jetstream.Msg) {
+// nothing (so it is redelivered) when weft is stopping. ctx bounds the work
+// (it outlives stopping by the drain timeout); stopping ends when the runner
+// is asked to stop.
+func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name string, msg jetstream.Msg) {
 	tr, ok := b.index.Load().Get(name)
 	if !ok {
 		_ = msg.Ack() // the trigger was deleted while this waited
@@ -145,18 +164,23 @@ func (b *Broker) handleDelivery(ctx context.Context, c *conn, name string, msg j
 		stripErrorExtensions(&out)
 	}
 
-	stopProgress := keepInProgress(ctx, msg, b.cfg.AckWait/3)
+	// The heartbeat runs until the message is settled: dead-lettering to a
+	// sink retries too and can outlast AckWait.
+	defer keepInProgress(ctx, msg, b.cfg.AckWait/3)()
 	var history []Attempt
-	chain := Retry(tr.Delivery, func(a Attempt) {
+	chain := Retry(tr.Delivery, func(a Attempt) error {
 		if len(history) > 0 {
 			b.metrics.Retried.WithLabelValues(name).Inc()
 		}
 		history = append(history, a)
+		if stopping.Err() != nil {
+			return errStopping
+		}
+		return nil
 	})(Timeout(tr.Delivery.Timeout)(b.deliverer))
 	target := tr.Subscriber.Target()
 	reply, err := chain.Deliver(ctx, target, out)
-	stopProgress()
-	if err != nil && ctx.Err() != nil {
+	if err != nil && (ctx.Err() != nil || errors.Is(err, errStopping)) {
 		return // stopping: leave it unacked so it is delivered after restart
 	}
 
@@ -215,7 +239,20 @@ func (b *Broker) handleReply(ctx context.Context, c *conn, tr *triggers.Trigger,
 		})
 		return derr
 	}
-	return b.Store(ctx, []event.Event{reply})
+	// Storing the reply is retried here, briefly, rather than by redelivering
+	// the trigger event, which would call the subscriber again.
+	var err error
+	for wait := 50 * time.Millisecond; wait <= 2*time.Second; wait *= 2 {
+		if err = b.Store(ctx, []event.Event{reply}); err == nil || (!errors.Is(err, ErrOverloaded) && !errors.Is(err, ErrUnavailable)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	return err
 }
 
 // ttlOf reads the hop counter; events stored before weft set it, or with a

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -56,7 +57,13 @@ func sendManifests(cmd *cobra.Command, g *globals, path string, paths []string) 
 		var out struct {
 			Changes []change `json:"changes"`
 		}
-		if err := c.do(cmd.Context(), "POST", path+"?file="+url.QueryEscape(f), "application/yaml", bytes.NewReader(bodies[i]), &out); err != nil {
+		// The node resolves a Function's relative command from its file's
+		// folder, so it needs the absolute path, not one relative to here.
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return fmt.Errorf("resolve %s: %w", f, err)
+		}
+		if err := c.do(cmd.Context(), "POST", path+"?file="+url.QueryEscape(abs), "application/yaml", bytes.NewReader(bodies[i]), &out); err != nil {
 			return err
 		}
 		all = append(all, out.Changes...)

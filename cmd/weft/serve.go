@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -139,6 +140,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		return withCode(exitUsage, err)
 	}
 	cp := node.NewControlPlane(st, b, pool, log.With("component", "control"))
+	var configured atomic.Bool // store and files applied, dispatching started
 	files := node.NewFiles(o.files, cp, log.With("component", "control"))
 	api := &node.API{
 		CP: cp, Files: files, Broker: b, Pool: pool, Gatherer: reg, Token: g.token, Log: log,
@@ -150,8 +152,8 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 					return fmt.Errorf("%s not ready", name)
 				}
 			}
-			if loads, _ := files.Status(); loads == 0 && len(o.files) > 0 {
-				return errors.New("manifests not loaded yet")
+			if !configured.Load() {
+				return errors.New("configuration not loaded yet")
 			}
 			return nil
 		},
@@ -167,24 +169,32 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		IdleTimeout:       2 * time.Minute,
 	}
 
-	g2, ctx := errgroup.WithContext(ctx)
-	g2.Go(func() error { return pool.Run(ctx) })
-	g2.Go(func() error { return b.Run(ctx) })
-	g2.Go(func() error { return proxy.Run(ctx) })
-	g2.Go(func() error {
+	// The broker stops first and drains its in-flight deliveries; the pool and
+	// the router it delivers through stop only after it returned (or when a
+	// component fails, since that ends ctx and so the broker).
+	grp, ctx := errgroup.WithContext(ctx)
+	lower, stopLower := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLower()
+	grp.Go(func() error { return pool.Run(lower) })
+	grp.Go(func() error { return proxy.Run(lower) })
+	grp.Go(func() error {
+		defer stopLower()
+		return b.Run(ctx)
+	})
+	grp.Go(func() error {
 		err := srv.Serve(ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
 		return fmt.Errorf("http: %w", err)
 	})
-	g2.Go(func() error {
+	grp.Go(func() error {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	g2.Go(func() error {
+	grp.Go(func() error {
 		select {
 		case <-b.Ready():
 		case <-ctx.Done():
@@ -196,10 +206,14 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		if err := files.Load(ctx); err != nil {
 			return withCode(exitInvalidFile, err)
 		}
+		// Only now is the whole configuration in force: events stored before a
+		// restart are matched against it, never against a partial one.
+		b.StartDispatching()
+		configured.Store(true)
 		log.Info("weft serving", "http", ln.Addr().String(), "nats", b.NATSURL(), "router", o.routerAddr, "data", o.data)
 		return files.Watch(ctx)
 	})
-	return g2.Wait()
+	return grp.Wait()
 }
 
 // checkManifests parses every manifest without applying anything.

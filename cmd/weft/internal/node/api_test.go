@@ -108,6 +108,7 @@ func startNode(t *testing.T, token string) *testNode {
 	if err := n.cp.Restore(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	b.StartDispatching()
 	api := &API{
 		CP: n.cp, Files: NewFiles(nil, n.cp, discard()), Broker: b, Pool: pool,
 		Gatherer: reg, Token: token, Log: discard(),
@@ -126,10 +127,8 @@ func startNode(t *testing.T, token string) *testNode {
 
 // waitDispatching returns once the broker dispatches events: it applies a
 // probe trigger, publishes an event through the ingress, waits for its
-// delivery and deletes the probe again. (The broker starts dispatching after
-// the first SetTriggers; stopping it while the dispatcher is being set up
-// makes Run fail with "dispatch consumer: context canceled", so a test must
-// not end before this point.)
+// delivery and deletes the probe again, so every test starts on a node that
+// has proved it delivers.
 func (n *testNode) waitDispatching(t *testing.T) {
 	t.Helper()
 	probe := strings.Replace(triggerDoc("probe", "dev.weft.probe"), "http://127.0.0.1:9/hook", "http://probe/", 1)

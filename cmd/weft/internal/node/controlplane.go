@@ -183,6 +183,9 @@ func (cp *ControlPlane) stage(next map[resource.Key]applied, objs []resource.Obj
 // index first (it was built from valid triggers and cannot fail), then the
 // functions.
 func (cp *ControlPlane) commit(ctx context.Context, next map[resource.Key]applied, changes []Change) error {
+	// Once validated, a change is carried through even if the caller goes
+	// away, so the store is not left half-written by a dropped connection.
+	ctx = context.WithoutCancel(ctx)
 	idx := buildIndex(next)
 	for _, ch := range changes {
 		k := resource.Key{Kind: ch.Kind, Name: ch.Name}

@@ -24,6 +24,8 @@ type Files struct {
 	cp    *ControlPlane
 	log   *slog.Logger
 
+	named map[string]bool // the paths as given; owned by Watch
+
 	mu      sync.Mutex
 	lastErr error
 	loads   int
@@ -80,6 +82,11 @@ func (f *Files) Watch(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch manifests: %w", err)
 	}
+	// Files named explicitly count whatever their extension.
+	f.named = map[string]bool{}
+	for _, p := range f.paths {
+		f.named[filepath.Clean(p)] = true
+	}
 	defer w.Close()
 	if err := f.addDirs(w); err != nil {
 		return err
@@ -111,14 +118,16 @@ func (f *Files) Watch(ctx context.Context) error {
 					timer.Reset(settle)
 				}
 			}
-			if resource.IsManifest(ev.Name) || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			if resource.IsManifest(ev.Name) || f.named[filepath.Clean(ev.Name)] || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
 				timer.Reset(settle)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
-			f.log.Warn("manifest watcher", "err", err)
+			// An overflow means events were lost: reload to be sure.
+			f.log.Warn("manifest watcher; reloading", "err", err)
+			timer.Reset(settle)
 		case <-timer.C:
 			if err := f.Load(ctx); err != nil {
 				f.log.Error("manifest change refused; previous state stays in force", "err", err)

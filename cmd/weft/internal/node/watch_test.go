@@ -204,3 +204,30 @@ func TestFilesLoadRefusesBadStartup(t *testing.T) {
 		t.Error("a refused start-up load reached the broker or pool")
 	}
 }
+
+// TestFilesWatchCatchesUpAfterLoad is a regression test: serve calls Load,
+// then Watch, and a file changed between the two gave no event, so the
+// change stayed unapplied until some later edit. Watch now reads the files
+// once more after its watches are in place.
+func TestFilesWatchCatchesUpAfterLoad(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.yaml")
+	writeFile(t, a, triggerDoc("t1", "a"))
+	cp, rec, _ := newCP(t)
+	f := NewFiles([]string{dir}, cp, discard())
+	if err := f.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, a, join(triggerDoc("t1", "a"), triggerDoc("t2", "b"))) // before Watch runs
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Watch(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	waitTriggers(t, rec, "t1", "t2")
+}
