@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -182,4 +183,26 @@ func (b *Broker) forgetStaleTriggers(ctx context.Context, c *conn) {
 		b.log.Info("removing deliveries of a trigger deleted while the node was down", "trigger", t)
 		b.forgetTrigger(c, t)
 	}
+}
+
+// Pending returns how many deliveries of a trigger wait in JetStream, not yet
+// handed to its runner: the backlog the autoscaler adds to a function's
+// demand. A trigger without a consumer yet has none.
+func (b *Broker) Pending(ctx context.Context, trigger string) (int, error) {
+	c, err := b.running()
+	if err != nil {
+		return 0, err
+	}
+	cons, err := c.js.Consumer(ctx, deliveriesStream, consumerName(trigger))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("trigger %s: %w", trigger, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("trigger %s: %w", trigger, err)
+	}
+	return int(info.NumPending), nil
 }

@@ -161,18 +161,19 @@ func (c AutoscaleConfig) panicSeconds() int {
 // Decision is one answer of Autoscaler.Decide.
 type Decision struct {
 	// Time is the now given to Decide.
-	Time time.Time
+	Time time.Time `json:"time"`
 	// Desired is the instance count to run, within [Min, Max].
-	Desired int
+	Desired int `json:"desired"`
 	// Panic reports whether the autoscaler is in panic mode after this
 	// decision.
-	Panic bool
+	Panic bool `json:"panic"`
 	// StableDemand and PanicDemand are the average demand (in-flight
 	// requests plus backlog) over the stable and the panic window.
-	StableDemand, PanicDemand float64
+	StableDemand float64 `json:"stableDemand"`
+	PanicDemand  float64 `json:"panicDemand"`
 	// Reason says in one short sentence, with the numbers, why Desired is
 	// what it is; for logs and `weft describe`.
-	Reason string
+	Reason string `json:"reason"`
 }
 
 // bucket is one second of observations.

@@ -54,8 +54,8 @@ type EnvVar struct {
 	Value string
 }
 
-// Scale holds a Function's instance bounds. Until the autoscaler lands the
-// pool runs max(Min, 1) instances.
+// Scale holds a Function's instance bounds and autoscaler settings; zero
+// durations and rates mean AutoscaleConfig's defaults (Knative's KPA).
 type Scale struct {
 	// Min is the fewest instances kept running; 0 allows scale to zero.
 	Min int
@@ -64,6 +64,26 @@ type Scale struct {
 	// Target is the in-flight requests per instance the autoscaler aims for;
 	// Parse sets it (DefaultTarget, or Concurrency when smaller).
 	Target int
+	// StableWindow is the autoscaler's averaging window; default 60s.
+	StableWindow time.Duration
+	// PanicWindowPercent sizes the panic window as a share of StableWindow;
+	// default 10.
+	PanicWindowPercent float64
+	// PanicThreshold is the multiple of current capacity that panic-window
+	// demand must reach to enter panic mode; default 2.
+	PanicThreshold float64
+	// ScaleToZeroGrace is how long an idle function with Min 0 keeps its last
+	// instance; default 30s.
+	ScaleToZeroGrace time.Duration
+}
+
+// Autoscale returns the autoscaler configuration of f.
+func (f *Function) Autoscale() AutoscaleConfig {
+	return AutoscaleConfig{
+		Min: f.Scale.Min, Max: f.Scale.Max, Target: float64(f.Scale.Target),
+		StableWindow: f.Scale.StableWindow, PanicWindowPercent: f.Scale.PanicWindowPercent,
+		PanicThreshold: f.Scale.PanicThreshold, ScaleToZeroGrace: f.Scale.ScaleToZeroGrace,
+	}.WithDefaults()
 }
 
 // Readiness says when a new instance is ready.
@@ -94,9 +114,13 @@ type envJSON struct {
 }
 
 type scaleJSON struct {
-	Min    int  `json:"min"`
-	Max    int  `json:"max"`
-	Target *int `json:"target"`
+	Min                int     `json:"min"`
+	Max                int     `json:"max"`
+	Target             *int    `json:"target"`
+	StableWindow       string  `json:"stableWindow"`
+	PanicWindowPercent float64 `json:"panicWindowPercent"`
+	PanicThreshold     float64 `json:"panicThreshold"`
+	ScaleToZeroGrace   string  `json:"scaleToZeroGrace"`
 }
 
 type readyJSON struct {
@@ -133,8 +157,9 @@ func Parse(obj resource.Object) (*Function, error) {
 		Name:        obj.Name,
 		Command:     s.Command,
 		Concurrency: s.Concurrency,
-		Scale:       Scale{Min: s.Scale.Min, Max: s.Scale.Max},
-		Readiness:   Readiness{Path: s.Readiness.Path},
+		Scale: Scale{Min: s.Scale.Min, Max: s.Scale.Max,
+			PanicWindowPercent: s.Scale.PanicWindowPercent, PanicThreshold: s.Scale.PanicThreshold},
+		Readiness: Readiness{Path: s.Readiness.Path},
 	}
 	var errs []error
 	field := func(err error, path ...string) {
@@ -159,6 +184,12 @@ func Parse(obj resource.Object) (*Function, error) {
 	if fn.Readiness.Timeout, err = parseDuration(s.Readiness.Timeout); err != nil {
 		field(err, "spec", "readiness", "timeout")
 	}
+	if fn.Scale.StableWindow, err = parseDuration(s.Scale.StableWindow); err != nil {
+		field(err, "spec", "scale", "stableWindow")
+	}
+	if fn.Scale.ScaleToZeroGrace, err = parseDuration(s.Scale.ScaleToZeroGrace); err != nil {
+		field(err, "spec", "scale", "scaleToZeroGrace")
+	}
 	if fn.Scale.Max > 0 && fn.Scale.Min > fn.Scale.Max {
 		field(fmt.Errorf("min %d is greater than max %d", fn.Scale.Min, fn.Scale.Max), "spec", "scale", "min")
 	}
@@ -172,6 +203,12 @@ func Parse(obj resource.Object) (*Function, error) {
 		field(fmt.Errorf("target %d exceeds concurrency %d: an instance never holds more", *s.Scale.Target, fn.Concurrency), "spec", "scale", "target")
 	default:
 		fn.Scale.Target = *s.Scale.Target
+	}
+
+	if len(errs) == 0 {
+		if err := fn.Autoscale().Validate(); err != nil {
+			field(err, "spec", "scale")
+		}
 	}
 
 	base := "."
@@ -198,10 +235,12 @@ func Parse(obj resource.Object) (*Function, error) {
 // pattern: a regular expression tells a user less than an example does.
 // Paths use "*" for list indices.
 var hints = map[string]string{
-	"spec/timeout":           "a Go duration such as 30s, 1m30s or 500ms",
-	"spec/readiness/timeout": "a Go duration such as 30s, 1m30s or 500ms",
-	"spec/readiness/path":    "an absolute HTTP path such as /healthz",
-	"spec/env/*/name":        "an environment variable name: letters, digits and '_', not starting with a digit",
+	"spec/timeout":                "a Go duration such as 30s, 1m30s or 500ms",
+	"spec/readiness/timeout":      "a Go duration such as 30s, 1m30s or 500ms",
+	"spec/scale/stableWindow":     "a Go duration such as 60s or 2m",
+	"spec/scale/scaleToZeroGrace": "a Go duration such as 30s",
+	"spec/readiness/path":         "an absolute HTTP path such as /healthz",
+	"spec/env/*/name":             "an environment variable name: letters, digits and '_', not starting with a digit",
 }
 
 // friendly returns v's message, or for a hinted field "want HINT, got VALUE".
@@ -288,10 +327,4 @@ func (f *Function) sameProcesses(g *Function) bool {
 	a, b := *f, *g
 	a.Scale, b.Scale = Scale{}, Scale{}
 	return a.Equal(&b)
-}
-
-// desired is the number of instances the pool runs for f. The autoscaler will
-// choose within [Scale.Min, Scale.Max]; until then it is max(Min, 1).
-func (f *Function) desired() int {
-	return max(f.Scale.Min, 1)
 }

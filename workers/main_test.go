@@ -59,7 +59,7 @@ func TestMain(m *testing.M) {
 // which gives the pool no chance to stop its workers itself.
 func runHelper() int {
 	p := New(Config{}, nil)
-	p.Apply(&Function{Name: "orphan", Command: []string{os.Getenv(workerEnv)}, Dir: os.TempDir(), Scale: Scale{Target: 1}})
+	p.Apply(&Function{Name: "orphan", Command: []string{os.Getenv(workerEnv)}, Dir: os.TempDir(), Scale: Scale{Min: 1, Target: 1}})
 	go func() { _ = p.Run(context.Background()) }()
 	deadline := time.After(30 * time.Second)
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -139,7 +139,7 @@ func startPool(t *testing.T, cfg Config) *Pool {
 
 // goFn returns a Function running the Go worker with extra env ("K=V").
 func goFn(name string, env ...string) *Function {
-	fn := &Function{Name: name, Command: []string{goWorker}, Dir: os.TempDir(), Scale: Scale{Target: DefaultTarget}}
+	fn := &Function{Name: name, Command: []string{goWorker}, Dir: os.TempDir(), Scale: Scale{Min: 1, Target: DefaultTarget}}
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
 		fn.Env = append(fn.Env, EnvVar{Name: k, Value: v})
@@ -161,7 +161,7 @@ func pyFn(t *testing.T, name string) *Function {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Function{Name: name, Command: []string{py, "pyworker.py"}, Dir: dir, Scale: Scale{Target: DefaultTarget}}
+	return &Function{Name: name, Command: []string{py, "pyworker.py"}, Dir: dir, Scale: Scale{Min: 1, Target: DefaultTarget}}
 }
 
 // reply is the data of a test worker's reply event.

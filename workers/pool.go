@@ -41,7 +41,24 @@ type Config struct {
 	// LogLines is how many lines of output the pool keeps per function.
 	// Default 1000.
 	LogLines int
+	// Backlog, when set, reports how many events of a function's triggers
+	// wait in the broker, not yet handed to any instance; the autoscaler adds
+	// them to the demand so a queue grows the pool before requests are in
+	// flight. It is called once per SampleEvery per function, without locks
+	// held, and must be safe for concurrent use.
+	Backlog Backlog
+	// SampleEvery is how often the autoscaler observes each function's
+	// demand; it decides every AutoscaleTick. Default 1s.
+	SampleEvery time.Duration
 }
+
+// Backlog reports a function's waiting events; see Config.Backlog.
+type Backlog interface {
+	Backlog(function string) int
+}
+
+// maxDecisions is how many scaling decisions a function's status keeps.
+const maxDecisions = 20
 
 // Backoff paces restarts: the first restart waits Initial, each further one
 // twice as long up to Max, and an instance that stayed up for Reset starts
@@ -68,6 +85,7 @@ func (c Config) withDefaults() Config {
 	if c.LogLines <= 0 {
 		c.LogLines = 1000
 	}
+	def(&c.SampleEvery, time.Second)
 	return c
 }
 
@@ -117,6 +135,49 @@ type fnState struct {
 	lastTail  []string
 	logs      *logBuffer // set once; has its own lock
 	changed   chan struct{}
+
+	scaler    *Autoscaler // rebuilt when the spec's scale settings change
+	desired   int         // the autoscaler's last decision: instances of the current spec to run
+	waiting   int         // Deliver calls waiting for a slot: the requests the activator holds
+	panic     bool        // the autoscaler's mode at its last decision
+	decisions []Decision  // the latest changes of desired, oldest first, at most maxDecisions
+}
+
+// setDesiredLocked records a decision that changes the instance count and
+// reconciles toward it.
+func (p *Pool) setDesiredLocked(fs *fnState, d Decision) {
+	if d.Desired == fs.desired {
+		return
+	}
+	p.log.Info("function scaled", "function", fs.name, "from", fs.desired, "to", d.Desired, "panic", d.Panic, "reason", d.Reason)
+	fs.desired = d.Desired
+	fs.decisions = append(fs.decisions, d)
+	if len(fs.decisions) > maxDecisions {
+		fs.decisions = fs.decisions[len(fs.decisions)-maxDecisions:]
+	}
+	p.reconcileLocked(fs)
+	fs.notify()
+}
+
+// currentLocked counts the instances of the current spec that are starting
+// or ready: the capacity the autoscaler decides from.
+func (fs *fnState) currentLocked() int {
+	n := 0
+	for _, in := range fs.instances {
+		if in.gen == fs.gen && !in.stopping {
+			n++
+		}
+	}
+	return n
+}
+
+// demandLocked is the function's in-flight requests plus those held waiting.
+func (fs *fnState) demandLocked() int {
+	n := fs.waiting
+	for _, in := range fs.instances {
+		n += in.inflight
+	}
+	return n
 }
 
 // waitCh returns a channel closed at the next notify: an instance became
@@ -211,6 +272,8 @@ func (p *Pool) Run(ctx context.Context) error {
 	for _, fs := range p.fns {
 		p.reconcileLocked(fs)
 	}
+	p.wg.Add(1)
+	go p.autoscale() // owned by Run through wg; ends at quit
 	p.mu.Unlock()
 	close(p.ready)
 	p.log.Info("worker pool running")
@@ -254,17 +317,20 @@ func (p *Pool) Apply(fn *Function) {
 	fs := p.fns[fn.Name]
 	switch {
 	case fs == nil:
-		fs = &fnState{name: fn.Name, spec: fn, gen: 1, logs: newLogBuffer(p.cfg.LogLines)}
+		fs = &fnState{name: fn.Name, spec: fn, gen: 1, logs: newLogBuffer(p.cfg.LogLines),
+			scaler: NewAutoscaler(fn.Autoscale()), desired: fn.Scale.Min}
 		p.fns[fn.Name] = fs
-		p.log.Info("function applied", "function", fn.Name)
+		p.log.Info("function applied", "function", fn.Name, "min", fn.Scale.Min)
 	case fs.spec.Equal(fn):
 		return
 	case fs.spec.sameProcesses(fn):
 		fs.spec = fn
-		p.log.Info("function rescaled", "function", fn.Name, "instances", fn.desired())
+		p.rescaleLocked(fs)
+		p.log.Info("function rescaled", "function", fn.Name, "instances", fs.desired)
 	default:
 		fs.spec = fn
 		fs.gen++
+		p.rescaleLocked(fs)
 		fs.notify() // a rollout of a superseded spec sees the new generation and ends
 		p.log.Info("function changed, replacing instances", "function", fn.Name, "generation", fs.gen)
 		if p.state == poolRunning && len(fs.instances) > 0 {
@@ -273,6 +339,17 @@ func (p *Pool) Apply(fn *Function) {
 		}
 	}
 	p.reconcileLocked(fs)
+}
+
+// rescaleLocked takes a changed spec's scale settings: a new autoscaler
+// (its windows restart) and the desired count clamped to the new bounds.
+func (p *Pool) rescaleLocked(fs *fnState) {
+	cfg := fs.spec.Autoscale()
+	fs.scaler = NewAutoscaler(cfg)
+	fs.desired = max(fs.desired, cfg.Min)
+	if cfg.Max > 0 {
+		fs.desired = min(fs.desired, cfg.Max)
+	}
 }
 
 // Remove stops every instance of the function, draining in-flight requests
@@ -309,7 +386,7 @@ func (p *Pool) reconcileLocked(fs *fnState) {
 			cur = append(cur, in)
 		}
 	}
-	want := fs.spec.desired()
+	want := fs.desired
 	for n := len(cur); n < want; n++ {
 		p.startInstanceLocked(fs)
 	}
@@ -382,7 +459,7 @@ func (p *Pool) rollout(fs *fnState, gen int) {
 				ready++
 			}
 		}
-		if ready >= fs.spec.desired() {
+		if ready >= fs.desired {
 			for _, in := range fs.instances {
 				if in.gen < gen {
 					p.stopInstanceLocked(in)
@@ -467,15 +544,33 @@ func (p *Pool) acquire(ctx context.Context, name string) (*instance, int, error)
 			p.mu.Unlock()
 			return in, port, nil
 		}
+		// The activator: hold the request, count it as demand, and when the
+		// function has no instance at all, start one now (a cold start)
+		// rather than at the autoscaler's next tick.
+		fs.waiting++
+		if fs.desired == 0 && p.state == poolRunning {
+			now := time.Now()
+			fs.scaler.Record(now, float64(fs.demandLocked()), 0)
+			d := fs.scaler.Decide(now, fs.currentLocked())
+			d.Desired = max(d.Desired, 1)
+			if d.Reason == "" {
+				d.Reason = "cold start: a request is waiting"
+			}
+			p.setDesiredLocked(fs, d)
+		}
 		ch := fs.waitCh()
 		p.mu.Unlock()
 		select {
 		case <-ch:
 		case <-p.quit:
 		case <-ctx.Done():
+			p.mu.Lock()
+			fs.waiting--
+			p.mu.Unlock()
 			return nil, 0, fmt.Errorf("function %q: no ready instance with a free slot: %w", name, context.Cause(ctx))
 		}
 		p.mu.Lock()
+		fs.waiting--
 	}
 }
 

@@ -30,6 +30,8 @@ const (
 	// StateDraining (I): asked to stop; it takes no new requests and is
 	// signalled once those in flight finished.
 	StateDraining State = "draining"
+	// StateIdle (F): scaled to zero; the next event starts an instance.
+	StateIdle State = "idle"
 	// StateStopped (F, I): the pool is not running / the instance is gone.
 	StateStopped State = "stopped"
 )
@@ -52,6 +54,13 @@ type FunctionStatus struct {
 	// Stderr holds the last stderr lines (up to 20) of the last failed
 	// process, or of the function's processes when none failed.
 	Stderr []string `json:"stderr,omitempty"`
+	// Waiting counts requests the activator holds until a slot is free.
+	Waiting int `json:"waiting"`
+	// Panic reports whether the autoscaler is in panic mode.
+	Panic bool `json:"panic"`
+	// Decisions are the latest changes of Desired with their reasons, oldest
+	// first.
+	Decisions []Decision `json:"decisions,omitempty"`
 }
 
 // InstanceStatus is a snapshot of one instance.
@@ -93,7 +102,10 @@ func (p *Pool) Status() []FunctionStatus {
 func (p *Pool) statusLocked(fs *fnState) FunctionStatus {
 	st := FunctionStatus{
 		Name:      fs.name,
-		Desired:   fs.spec.desired(),
+		Panic:     fs.panic,
+		Desired:   fs.desired,
+		Waiting:   fs.waiting,
+		Decisions: append([]Decision(nil), fs.decisions...),
 		Restarts:  fs.restarts,
 		LastError: fs.lastErr,
 		Stderr:    append([]string(nil), fs.lastTail...),
@@ -125,6 +137,8 @@ func (p *Pool) statusLocked(fs *fnState) FunctionStatus {
 		st.State = StateCrashLoop
 	case old > 0:
 		st.State = StateUpdating
+	case st.Desired == 0 && st.Ready == 0:
+		st.State = StateIdle
 	case st.Ready >= st.Desired:
 		st.State = StateReady
 	case st.Ready > 0:

@@ -114,7 +114,7 @@ func TestNextBackoff(t *testing.T) {
 
 func TestReadinessTimeout(t *testing.T) {
 	p := startPool(t, Config{StopGrace: 100 * time.Millisecond})
-	fn := &Function{Name: "mute", Command: []string{"sleep", "60"}, Dir: t.TempDir(), Scale: Scale{Target: 1}}
+	fn := &Function{Name: "mute", Command: []string{"sleep", "60"}, Dir: t.TempDir(), Scale: Scale{Min: 1, Target: 1}}
 	fn.Readiness.Timeout = 100 * time.Millisecond
 	p.Apply(fn)
 	waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, "mute").Restarts >= 2 })
@@ -134,7 +134,7 @@ func TestStartFailureIsReported(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			fn := &Function{Name: strings.ReplaceAll(name, " ", "-"), Command: c.command, Dir: t.TempDir(), Scale: Scale{Target: 1}}
+			fn := &Function{Name: strings.ReplaceAll(name, " ", "-"), Command: c.command, Dir: t.TempDir(), Scale: Scale{Min: 1, Target: 1}}
 			p.Apply(fn)
 			waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, fn.Name).Restarts >= 1 })
 			if s := statusOf(t, p, fn.Name); !strings.Contains(s.LastError, c.want) || s.State != StateCrashLoop && s.State != StateStarting {

@@ -34,6 +34,7 @@ spec:
   command: [%q]
   env: [{name: OUT, value: %q}, {name: DELAY, value: 2ms}]
   concurrency: 16
+  scale: {min: 1}
 ---
 apiVersion: eventing.knative.dev/v1
 kind: Trigger

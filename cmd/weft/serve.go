@@ -121,7 +121,8 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	}
 
 	proxy := router.NewProxy(o.routerAddr, log.With("component", "router"))
-	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr}, log.With("component", "workers"))
+	backlog := &triggerBacklog{}
+	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog}, log.With("component", "workers"))
 	client := router.NewClient(nil)
 	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
 		if strings.HasPrefix(target, "function:") {
@@ -139,6 +140,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
+	backlog.broker.Store(b)
 	cp := node.NewControlPlane(st, b, pool, log.With("component", "control"))
 	var configured atomic.Bool // store and files applied, dispatching started
 	files := node.NewFiles(o.files, cp, log.With("component", "control"))
@@ -223,4 +225,29 @@ func checkManifests(paths []string) error {
 		return err
 	}
 	return node.Check(objs)
+}
+
+// triggerBacklog tells the autoscaler how many events wait in the broker for
+// a function: the pending deliveries of every trigger that subscribes it.
+type triggerBacklog struct {
+	broker atomic.Pointer[broker.Broker] // set once the broker exists
+}
+
+func (t *triggerBacklog) Backlog(function string) int {
+	b := t.broker.Load()
+	if b == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n := 0
+	for _, tr := range b.Triggers().All() {
+		if tr.Subscriber.FunctionName != function {
+			continue
+		}
+		if k, err := b.Pending(ctx, tr.Name); err == nil {
+			n += k
+		}
+	}
+	return n
 }
