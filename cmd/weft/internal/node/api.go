@@ -29,6 +29,7 @@ type API struct {
 	Files    *Files
 	Broker   *broker.Broker
 	Pool     *workers.Pool
+	Meter    *workers.Meter
 	Gatherer prometheus.Gatherer
 	// Token, when set, is required as "Authorization: Bearer <token>" on every
 	// /api/v1 call.

@@ -2,6 +2,9 @@
 // CloudEvent (id, type, source, extensions seen as ce- headers) to $OUT and
 // answers 200. With $FAIL_FLAG set, it answers 500 while that file exists.
 // With $DELAY set (a Go duration), it waits that long before answering.
+// Events whose type ends in ".hold" first leave a marker file
+// $MARKS/<id>.<pid> and then wait $HOLD, so a test can kill the process
+// while it holds the request. Each record includes the recording pid.
 package main
 
 import (
@@ -9,6 +12,8 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +25,8 @@ func main() {
 		log.Fatal(err)
 	}
 	delay, _ := time.ParseDuration(os.Getenv("DELAY"))
+	hold, _ := time.ParseDuration(os.Getenv("HOLD"))
+	pid := strconv.Itoa(os.Getpid())
 	var mu sync.Mutex
 	http.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
 		if f := os.Getenv("FAIL_FLAG"); f != "" {
@@ -28,6 +35,14 @@ func main() {
 				return
 			}
 		}
+		if strings.HasSuffix(r.Header.Get("ce-type"), ".hold") {
+			mark := filepath.Join(os.Getenv("MARKS"), r.Header.Get("ce-id")+"."+pid)
+			if err := os.WriteFile(mark, nil, 0o644); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			time.Sleep(hold) // simulated long work: the test kills the process now
+		}
 		time.Sleep(delay) // simulated work, so deliveries are in flight when the test kills weft
 		rec := map[string]string{}
 		for k, v := range r.Header {
@@ -35,6 +50,7 @@ func main() {
 				rec[strings.TrimPrefix(lk, "ce-")] = v[0]
 			}
 		}
+		rec["pid"] = pid
 		line, _ := json.Marshal(rec)
 		mu.Lock()
 		_, err := out.Write(append(line, '\n'))
