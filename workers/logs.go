@@ -45,7 +45,8 @@ const (
 // followers. It is safe for concurrent use.
 type logBuffer struct {
 	mu        sync.Mutex
-	ring      []LogLine // len ≤ cap; once full, next is the oldest slot
+	ring      []LogLine // grows to size lines (not preallocated: an idle function costs little); once full, next is the oldest slot
+	size      int
 	next      int
 	seq       uint64
 	followers map[*follower]struct{}
@@ -58,7 +59,7 @@ type follower struct {
 }
 
 func newLogBuffer(size int) *logBuffer {
-	return &logBuffer{ring: make([]LogLine, 0, size), followers: map[*follower]struct{}{}}
+	return &logBuffer{size: size, followers: map[*follower]struct{}{}}
 }
 
 // add numbers l, stores it, dropping the oldest line when full, and offers it
@@ -69,7 +70,7 @@ func (b *logBuffer) add(l LogLine) {
 	defer b.mu.Unlock()
 	b.seq++
 	l.Seq = b.seq
-	if len(b.ring) < cap(b.ring) {
+	if len(b.ring) < b.size {
 		b.ring = append(b.ring, l)
 	} else {
 		b.ring[b.next] = l

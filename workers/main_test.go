@@ -149,7 +149,7 @@ func goFn(name string, env ...string) *Function {
 
 // pyFn returns a Function running the Python worker with the system
 // interpreter (a pyenv shim would add ~400ms per start).
-func pyFn(t *testing.T, name string) *Function {
+func pyFn(t testing.TB, name string) *Function {
 	t.Helper()
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
