@@ -94,9 +94,13 @@ func functionTable(g *globals, st []map[string]any) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tDESIRED\tREADY\tIN-FLIGHT\tRESTARTS\tLAST ERROR")
+	fmt.Fprintln(tw, "NAME\tSTATE\tDESIRED\tREADY\tIN-FLIGHT\tWAITING\tRESTARTS\tLAST ERROR")
 	for _, s := range st {
-		fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%v\t%v\n", s["name"], val(s["state"]), val(s["desired"]), val(s["ready"]), val(s["inFlight"]), val(s["restarts"]), trunc(val(s["lastError"]), 60))
+		state := val(s["state"])
+		if s["panic"] == true {
+			state += " (panic)"
+		}
+		fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%v\t%v\t%v\n", s["name"], state, val(s["desired"]), val(s["ready"]), val(s["inFlight"]), val(s["waiting"]), val(s["restarts"]), trunc(val(s["lastError"]), 60))
 	}
 	return tw.Flush()
 }
