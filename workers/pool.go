@@ -47,6 +47,9 @@ type Config struct {
 	// flight. It is called once per SampleEvery per function, without locks
 	// held, and must be safe for concurrent use.
 	Backlog Backlog
+	// Meter, when set, is told of every request to an instance and of every
+	// process started and ended. Nil meters nothing.
+	Meter *Meter
 	// SampleEvery is how often the autoscaler observes each function's
 	// demand; it decides every AutoscaleTick. Default 1s.
 	SampleEvery time.Duration
@@ -502,7 +505,9 @@ func (p *Pool) Deliver(ctx context.Context, target string, ev event.Event) (*eve
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
+	start := time.Now() // after acquire: waiting for a free slot is not billed
 	reply, err := ceclient.Send(ctx, p.client, "http://127.0.0.1:"+strconv.Itoa(port)+path, ev)
+	p.cfg.Meter.Invocation(name, start, time.Since(start), err != nil)
 	if err != nil {
 		return nil, fmt.Errorf("function %q instance %s: %w", name, in.id, err)
 	}

@@ -122,7 +122,9 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 
 	proxy := router.NewProxy(o.routerAddr, log.With("component", "router"))
 	backlog := &triggerBacklog{}
-	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog}, log.With("component", "workers"))
+	meter := workers.NewMeter(workers.MeterConfig{}, log.With("component", "meter"))
+	reg.MustRegister(meter.Collector())
+	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter}, log.With("component", "workers"))
 	client := router.NewClient(nil)
 	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
 		if strings.HasPrefix(target, "function:") {
@@ -145,7 +147,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	var configured atomic.Bool // store and files applied, dispatching started
 	files := node.NewFiles(o.files, cp, log.With("component", "control"))
 	api := &node.API{
-		CP: cp, Files: files, Broker: b, Pool: pool, Gatherer: reg, Token: g.token, Log: log,
+		CP: cp, Files: files, Broker: b, Pool: pool, Meter: meter, Gatherer: reg, Token: g.token, Log: log,
 		Ready: func() error {
 			for name, ch := range map[string]<-chan struct{}{"broker": b.Ready(), "workers": pool.Ready(), "router": proxy.Ready()} {
 				select {
@@ -179,6 +181,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	defer stopLower()
 	grp.Go(func() error { return pool.Run(lower) })
 	grp.Go(func() error { return proxy.Run(lower) })
+	grp.Go(func() error { return meter.Run(lower) })
 	grp.Go(func() error {
 		defer stopLower()
 		return b.Run(ctx)

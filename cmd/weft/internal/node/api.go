@@ -69,6 +69,7 @@ func (a *API) Handler() http.Handler {
 	api.HandleFunc("GET /api/v1/dlq/replays/{id}", a.dlqReplayStatus)
 	api.HandleFunc("POST /api/v1/dlq/purge", a.dlqPurge)
 	api.HandleFunc("GET /api/v1/status", a.status)
+	api.HandleFunc("GET /api/v1/usage", a.usage)
 	mux.Handle("/api/v1/", a.auth(api))
 	return mux
 }
