@@ -46,6 +46,36 @@ type Function struct {
 	Scale Scale
 	// Readiness says when a new instance may receive events.
 	Readiness Readiness
+	// Limits bounds the resources of each process; the zero value sets none.
+	Limits Limits
+	// User, when not nil, is the account the processes run as (weft must
+	// run as root to switch to another one); nil keeps weft's own.
+	User *User
+}
+
+// Limits bounds the resources of each process of a Function. limits.go
+// enforces them when a process starts.
+type Limits struct {
+	// Memory is the most memory one process may use, in bytes; 0 = no limit.
+	// It is the memory.max of a cgroup v2 group per process where weft can
+	// create one, and otherwise RLIMIT_AS, which counts virtual address space
+	// (a Go or Java worker reserves far more than it uses).
+	Memory int64
+	// OpenFiles is each process's RLIMIT_NOFILE, soft and hard; 0 leaves the
+	// limit weft's processes get by default.
+	OpenFiles int
+}
+
+// User is the account a Function's processes run as, resolved when the
+// manifest is parsed.
+type User struct {
+	// Name is the manifest's value: "nobody", "1000" or "app:staff".
+	Name string
+	// UID and GID are the process's user and primary group.
+	UID, GID uint32
+	// Groups are the supplementary groups: the account's, from the group
+	// database; none for a numeric uid without an account.
+	Groups []uint32
 }
 
 // EnvVar is one environment variable of a Function's spec.
@@ -99,13 +129,20 @@ type Readiness struct {
 // specJSON mirrors the schema's spec object; TestSchemaMatchesSpec keeps
 // the two in step.
 type specJSON struct {
-	Command     []string  `json:"command"`
-	Env         []envJSON `json:"env"`
-	Concurrency int       `json:"concurrency"`
-	Timeout     string    `json:"timeout"`
-	WorkingDir  string    `json:"workingDir"`
-	Scale       scaleJSON `json:"scale"`
-	Readiness   readyJSON `json:"readiness"`
+	Command     []string   `json:"command"`
+	Env         []envJSON  `json:"env"`
+	Concurrency int        `json:"concurrency"`
+	Timeout     string     `json:"timeout"`
+	WorkingDir  string     `json:"workingDir"`
+	Scale       scaleJSON  `json:"scale"`
+	Readiness   readyJSON  `json:"readiness"`
+	Limits      limitsJSON `json:"limits"`
+	User        string     `json:"user"`
+}
+
+type limitsJSON struct {
+	Memory    quantityJSON `json:"memory"`
+	OpenFiles int          `json:"openFiles"`
 }
 
 type envJSON struct {
@@ -190,6 +227,15 @@ func Parse(obj resource.Object) (*Function, error) {
 	if fn.Scale.ScaleToZeroGrace, err = parseDuration(s.Scale.ScaleToZeroGrace); err != nil {
 		field(err, "spec", "scale", "scaleToZeroGrace")
 	}
+	if fn.Limits.Memory, err = parseQuantity(string(s.Limits.Memory)); err != nil {
+		field(err, "spec", "limits", "memory")
+	}
+	fn.Limits.OpenFiles = s.Limits.OpenFiles
+	if s.User != "" {
+		if fn.User, err = lookupUser(s.User); err != nil {
+			field(err, "spec", "user")
+		}
+	}
 	if fn.Scale.Max > 0 && fn.Scale.Min > fn.Scale.Max {
 		field(fmt.Errorf("min %d is greater than max %d", fn.Scale.Min, fn.Scale.Max), "spec", "scale", "min")
 	}
@@ -241,6 +287,8 @@ var hints = map[string]string{
 	"spec/scale/scaleToZeroGrace": "a Go duration such as 30s",
 	"spec/readiness/path":         "an absolute HTTP path such as /healthz",
 	"spec/env/*/name":             "an environment variable name: letters, digits and '_', not starting with a digit",
+	"spec/limits/memory":          "a quantity of bytes such as 256Mi, 2Gi or 1048576 (suffixes Ki, Mi, Gi, Ti)",
+	"spec/user":                   `a user name or uid, optionally with a group: "nobody", "1000" or "app:staff"`,
 }
 
 // friendly returns v's message, or for a hinted field "want HINT, got VALUE".

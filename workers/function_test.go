@@ -96,6 +96,14 @@ spec:
 		"no file, relative workingDir": {"", "spec:\n  command: [w]\n  workingDir: x\n", Function{
 			Name: "thumbnailer", Command: []string{"w"}, Dir: filepath.Join(cwd, "x"), Scale: Scale{Target: DefaultTarget},
 		}},
+		"limits and a uid without an account": {file, "spec:\n  command: [w]\n  limits: {memory: 256Mi, openFiles: 1024}\n  user: \"4000123\"\n", Function{
+			Name: "thumbnailer", Command: []string{"w"}, Dir: dir, Scale: Scale{Target: DefaultTarget},
+			Limits: Limits{Memory: 256 << 20, OpenFiles: 1024}, User: &User{Name: "4000123", UID: 4000123, GID: 4000123},
+		}},
+		"memory in bytes, uid and gid": {file, "spec:\n  command: [w]\n  limits: {memory: 268435456}\n  user: \"4000123:4000124\"\n", Function{
+			Name: "thumbnailer", Command: []string{"w"}, Dir: dir, Scale: Scale{Target: DefaultTarget},
+			Limits: Limits{Memory: 256 << 20}, User: &User{Name: "4000123:4000124", UID: 4000123, GID: 4000124},
+		}},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -115,25 +123,36 @@ func TestParseErrors(t *testing.T) {
 		doc    string
 		fields []string // every field named by the errors, sorted
 	}{
-		"wrong apiVersion":  {"apiVersion: weft.dev/v2\nkind: Function\nmetadata: {name: f}\nspec: {command: [w]}\n", []string{"apiVersion"}},
-		"wrong kind":        {"apiVersion: weft.dev/v1\nkind: Trigger\nmetadata: {name: f}\nspec: {command: [w]}\n", []string{"kind"}},
-		"no spec":           {header, []string{""}},
-		"no command":        {header + "spec: {concurrency: 1}\n", []string{"spec"}},
-		"empty command":     {header + "spec: {command: []}\n", []string{"spec.command"}},
-		"empty program":     {header + "spec: {command: [\"\", x]}\n", []string{"spec.command[0]"}},
-		"command not list":  {header + "spec: {command: python3 w.py}\n", []string{"spec.command"}},
-		"unknown field":     {header + "spec: {command: [w], replicas: 3}\n", []string{"spec"}},
-		"bad env name":      {header + "spec: {command: [w], env: [{name: 1X}]}\n", []string{"spec.env[0].name"}},
-		"reserved env":      {header + "spec: {command: [w], env: [{name: PORT, value: '1'}, {name: WEFT_X}]}\n", []string{"spec.env[0].name", "spec.env[1].name"}},
-		"duplicate env":     {header + "spec: {command: [w], env: [{name: A}, {name: A}]}\n", []string{"spec.env[1].name"}},
-		"negative conc":     {header + "spec: {command: [w], concurrency: -1}\n", []string{"spec.concurrency"}},
-		"bad timeout":       {header + "spec: {command: [w], timeout: 30 seconds}\n", []string{"spec.timeout"}},
-		"numeric timeout":   {header + "spec: {command: [w], timeout: 30}\n", []string{"spec.timeout"}},
-		"min over max":      {header + "spec: {command: [w], scale: {min: 3, max: 2}}\n", []string{"spec.scale.min"}},
-		"zero max":          {header + "spec: {command: [w], scale: {max: 0}}\n", []string{"spec.scale.max"}},
-		"target over limit": {header + "spec: {command: [w], concurrency: 2, scale: {target: 5}}\n", []string{"spec.scale.target"}},
-		"relative probe":    {header + "spec: {command: [w], readiness: {path: healthz}}\n", []string{"spec.readiness.path"}},
-		"several":           {header + "spec: {command: [w], timeout: soon, concurrency: -2}\n", []string{"spec.concurrency", "spec.timeout"}},
+		"wrong apiVersion":   {"apiVersion: weft.dev/v2\nkind: Function\nmetadata: {name: f}\nspec: {command: [w]}\n", []string{"apiVersion"}},
+		"wrong kind":         {"apiVersion: weft.dev/v1\nkind: Trigger\nmetadata: {name: f}\nspec: {command: [w]}\n", []string{"kind"}},
+		"no spec":            {header, []string{""}},
+		"no command":         {header + "spec: {concurrency: 1}\n", []string{"spec"}},
+		"empty command":      {header + "spec: {command: []}\n", []string{"spec.command"}},
+		"empty program":      {header + "spec: {command: [\"\", x]}\n", []string{"spec.command[0]"}},
+		"command not list":   {header + "spec: {command: python3 w.py}\n", []string{"spec.command"}},
+		"unknown field":      {header + "spec: {command: [w], replicas: 3}\n", []string{"spec"}},
+		"bad env name":       {header + "spec: {command: [w], env: [{name: 1X}]}\n", []string{"spec.env[0].name"}},
+		"reserved env":       {header + "spec: {command: [w], env: [{name: PORT, value: '1'}, {name: WEFT_X}]}\n", []string{"spec.env[0].name", "spec.env[1].name"}},
+		"duplicate env":      {header + "spec: {command: [w], env: [{name: A}, {name: A}]}\n", []string{"spec.env[1].name"}},
+		"negative conc":      {header + "spec: {command: [w], concurrency: -1}\n", []string{"spec.concurrency"}},
+		"bad timeout":        {header + "spec: {command: [w], timeout: 30 seconds}\n", []string{"spec.timeout"}},
+		"numeric timeout":    {header + "spec: {command: [w], timeout: 30}\n", []string{"spec.timeout"}},
+		"min over max":       {header + "spec: {command: [w], scale: {min: 3, max: 2}}\n", []string{"spec.scale.min"}},
+		"zero max":           {header + "spec: {command: [w], scale: {max: 0}}\n", []string{"spec.scale.max"}},
+		"target over limit":  {header + "spec: {command: [w], concurrency: 2, scale: {target: 5}}\n", []string{"spec.scale.target"}},
+		"relative probe":     {header + "spec: {command: [w], readiness: {path: healthz}}\n", []string{"spec.readiness.path"}},
+		"several":            {header + "spec: {command: [w], timeout: soon, concurrency: -2}\n", []string{"spec.concurrency", "spec.timeout"}},
+		"decimal memory":     {header + "spec: {command: [w], limits: {memory: 256M}}\n", []string{"spec.limits.memory"}},
+		"memory unit only":   {header + "spec: {command: [w], limits: {memory: Mi}}\n", []string{"spec.limits.memory"}},
+		"memory below 1Mi":   {header + "spec: {command: [w], limits: {memory: 512Ki}}\n", []string{"spec.limits.memory"}},
+		"memory bytes < 1Mi": {header + "spec: {command: [w], limits: {memory: 4096}}\n", []string{"spec.limits.memory"}},
+		"memory overflow":    {header + "spec: {command: [w], limits: {memory: 99999999999Gi}}\n", []string{"spec.limits.memory"}},
+		"few open files":     {header + "spec: {command: [w], limits: {openFiles: 8}}\n", []string{"spec.limits.openFiles"}},
+		"unknown limit":      {header + "spec: {command: [w], limits: {cpu: 2}}\n", []string{"spec.limits"}},
+		"unknown user":       {header + "spec: {command: [w], user: no-such-user-weft}\n", []string{"spec.user"}},
+		"unknown group":      {header + "spec: {command: [w], user: \"nobody:no-such-group-weft\"}\n", []string{"spec.user"}},
+		"user syntax":        {header + "spec: {command: [w], user: \"a:b:c\"}\n", []string{"spec.user"}},
+		"uid -1":             {header + "spec: {command: [w], user: \"4294967295\"}\n", []string{"spec.user"}},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

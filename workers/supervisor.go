@@ -32,8 +32,12 @@ const (
 
 // spawnRequest asks the spawner to fork one process.
 type spawnRequest struct {
-	cmd   *exec.Cmd
-	reply chan error // buffered (1), so the spawner never waits for the asker
+	cmd *exec.Cmd
+	// started, when set, runs on the spawner right after a successful fork
+	// (it sets rlimits, see limits.go); when it fails the spawner kills the
+	// process group and replies with its error, and the asker reaps.
+	started func(pid int) error
+	reply   chan error // buffered (1), so the spawner never waits for the asker
 }
 
 // spawner starts every process of the pool. Linux ties Pdeathsig to the OS
@@ -49,7 +53,13 @@ func (p *Pool) spawner(stop <-chan struct{}, done chan<- struct{}) {
 	for {
 		select {
 		case req := <-p.spawnc:
-			req.reply <- req.cmd.Start()
+			err := req.cmd.Start()
+			if err == nil && req.started != nil {
+				if err = req.started(req.cmd.Process.Pid); err != nil {
+					_ = syscall.Kill(-req.cmd.Process.Pid, syscall.SIGKILL)
+				}
+			}
+			req.reply <- err
 		case <-stop:
 			return
 		}
@@ -65,6 +75,7 @@ type process struct {
 	exited chan struct{} // closed when the leader exited (a zombie, not yet reaped)
 	done   chan struct{} // closed when it is reaped and its output flushed
 	err    error         // cmd.Wait's result; read only after done
+	limits *procLimits   // released by watch once the process is reaped
 
 	mu     sync.Mutex
 	reaped bool // set before reaping: after it the group id may be reused
@@ -97,6 +108,9 @@ func (pr *process) watch() {
 	pr.reaped = true
 	pr.mu.Unlock()
 	pr.err = pr.cmd.Wait()
+	if pr.limits.release() {
+		pr.err = pr.limits.oomError(pr.exitError())
+	}
 	pr.stdout.flush()
 	pr.stderr.flush()
 	close(pr.done)
@@ -138,7 +152,13 @@ func (p *Pool) start(in *instance, port int, log *slog.Logger) (*process, error)
 	writer := func(s Stream) *lineWriter {
 		return &lineWriter{buf: in.fs.logs, log: log, function: in.fs.name, instance: in.id, stream: s}
 	}
-	pr := &process{stdout: writer(Stdout), stderr: writer(Stderr), exited: make(chan struct{}), done: make(chan struct{})}
+	limits, err := prepareLimits(spec, in.id, log)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Command[0], err)
+	}
+	pr := &process{stdout: writer(Stdout), stderr: writer(Stderr), exited: make(chan struct{}), done: make(chan struct{}), limits: limits}
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	limits.configure(attr) // user and cgroup: applied by the fork itself
 	pr.cmd = &exec.Cmd{
 		Path:        path,
 		Args:        spec.Command,
@@ -146,12 +166,16 @@ func (p *Pool) start(in *instance, port int, log *slog.Logger) (*process, error)
 		Env:         env,
 		Stdout:      pr.stdout,
 		Stderr:      pr.stderr,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		SysProcAttr: attr,
 		WaitDelay:   pipeGrace,
 	}
-	req := spawnRequest{cmd: pr.cmd, reply: make(chan error, 1)}
+	req := spawnRequest{cmd: pr.cmd, started: limits.started, reply: make(chan error, 1)}
 	p.spawnc <- req // the spawner outlives every supervisor (Run waits for them first)
 	if err := <-req.reply; err != nil {
+		if pr.cmd.Process != nil { // started, then its limits failed: the spawner killed it
+			_ = pr.cmd.Wait()
+		}
+		limits.release()
 		return nil, fmt.Errorf("start %s: %w", spec.Command[0], err)
 	}
 	pr.pid = pr.cmd.Process.Pid
