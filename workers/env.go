@@ -31,6 +31,9 @@ func buildEnv(fn *Function, port int, proxyURL string, lookup func(string) (stri
 			vars[k] = v
 		}
 	}
+	if fn.User != nil && fn.User.Home != "" {
+		vars["HOME"] = fn.User.Home // weft's own HOME is not the user's to read
+	}
 	for _, e := range fn.Env {
 		vars[e.Name] = e.Value
 	}

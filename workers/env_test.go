@@ -125,3 +125,18 @@ func TestWorkerEnvironment(t *testing.T) {
 		t.Errorf("worker runs in %s, want %s", r.Cwd, fn.Dir)
 	}
 }
+
+// TestEnvHomeOfUser: a worker that runs as another user gets that user's
+// home, not weft's (which it usually cannot read).
+func TestEnvHomeOfUser(t *testing.T) {
+	fn := &Function{Name: "f", User: &User{Name: "nobody", UID: 65534, GID: 65534, Home: "/nonexistent"}}
+	env := buildEnv(fn, 8080, "", func(k string) (string, bool) {
+		if k == "HOME" {
+			return "/root", true
+		}
+		return "", false
+	})
+	if got := envValue(env, "HOME"); got != "/nonexistent" {
+		t.Fatalf("HOME=%q, want the user's home", got)
+	}
+}

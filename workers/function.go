@@ -76,6 +76,9 @@ type User struct {
 	// Groups are the supplementary groups: the account's, from the group
 	// database; none for a numeric uid without an account.
 	Groups []uint32
+	// Home is the account's home directory, the worker's HOME; "/" for a
+	// numeric uid without an account.
+	Home string
 }
 
 // EnvVar is one environment variable of a Function's spec.

@@ -98,11 +98,11 @@ spec:
 		}},
 		"limits and a uid without an account": {file, "spec:\n  command: [w]\n  limits: {memory: 256Mi, openFiles: 1024}\n  user: \"4000123\"\n", Function{
 			Name: "thumbnailer", Command: []string{"w"}, Dir: dir, Scale: Scale{Target: DefaultTarget},
-			Limits: Limits{Memory: 256 << 20, OpenFiles: 1024}, User: &User{Name: "4000123", UID: 4000123, GID: 4000123},
+			Limits: Limits{Memory: 256 << 20, OpenFiles: 1024}, User: &User{Name: "4000123", UID: 4000123, GID: 4000123, Home: "/"},
 		}},
 		"memory in bytes, uid and gid": {file, "spec:\n  command: [w]\n  limits: {memory: 268435456}\n  user: \"4000123:4000124\"\n", Function{
 			Name: "thumbnailer", Command: []string{"w"}, Dir: dir, Scale: Scale{Target: DefaultTarget},
-			Limits: Limits{Memory: 256 << 20}, User: &User{Name: "4000123:4000124", UID: 4000123, GID: 4000124},
+			Limits: Limits{Memory: 256 << 20}, User: &User{Name: "4000123:4000124", UID: 4000123, GID: 4000124, Home: "/"},
 		}},
 	}
 	for name, c := range cases {

@@ -138,6 +138,7 @@ func lookupUser(spec string) (*User, error) {
 	var unknownID user.UnknownUserIdError
 	switch {
 	case err == nil:
+		u.Home = acct.HomeDir
 		if u.UID, err = parseAccountID(acct.Uid); err != nil {
 			return nil, fmt.Errorf("user %q: uid: %w", name, err)
 		}
@@ -158,7 +159,7 @@ func lookupUser(spec string) (*User, error) {
 			}
 		}
 	case numeric && errors.As(err, &unknownID):
-		u.UID, u.GID = uid, uid
+		u.UID, u.GID, u.Home = uid, uid, "/"
 	case numeric:
 		return nil, fmt.Errorf("look up uid %s: %w", name, err)
 	default:

@@ -215,8 +215,11 @@ type instance struct {
 	port     int
 	inflight int
 	restarts int
-	started  time.Time
-	lastErr  string
+	// failStreak counts failures since the instance was last ready; at
+	// failedAfter the function reports failed.
+	failStreak int
+	started    time.Time
+	lastErr    string
 }
 
 func (in *instance) stopRequested() bool {

@@ -25,6 +25,12 @@ const (
 	// StateCrashLoop (F): an instance of the current spec failed and waits
 	// to restart, and no instance of the current spec is ready.
 	StateCrashLoop State = "crashloop"
+	// StateFailed (F): the current spec's instances failed failedAfter times
+	// in a row without ever becoming ready (a function that crashes on
+	// start); weft keeps retrying with backoff, events wait for it (or
+	// dead-letter per their trigger's policy), and LastError and Stderr say
+	// why.
+	StateFailed State = "failed"
 	// StateBackoff (I): the process failed; it restarts after a backoff.
 	StateBackoff State = "backoff"
 	// StateDraining (I): asked to stop; it takes no new requests and is
@@ -35,6 +41,10 @@ const (
 	// StateStopped (F, I): the pool is not running / the instance is gone.
 	StateStopped State = "stopped"
 )
+
+// failedAfter is how many failures in a row, without the instance ever
+// becoming ready, mark a function failed rather than crash-looping.
+const failedAfter = 5
 
 // FunctionStatus is a snapshot of one function, for `weft get functions`.
 type FunctionStatus struct {
@@ -110,7 +120,7 @@ func (p *Pool) statusLocked(fs *fnState) FunctionStatus {
 		LastError: fs.lastErr,
 		Stderr:    append([]string(nil), fs.lastTail...),
 	}
-	var readyCur, backoffCur, old int
+	var readyCur, backoffCur, old, streak int
 	for _, in := range fs.instances {
 		st.InFlight += in.inflight
 		if in.stopping {
@@ -129,10 +139,15 @@ func (p *Pool) statusLocked(fs *fnState) FunctionStatus {
 		if cur && in.state == StateBackoff {
 			backoffCur++
 		}
+		if cur {
+			streak = max(streak, in.failStreak)
+		}
 	}
 	switch {
 	case p.state != poolRunning:
 		st.State = StateStopped
+	case readyCur == 0 && streak >= failedAfter:
+		st.State = StateFailed
 	case backoffCur > 0 && readyCur == 0:
 		st.State = StateCrashLoop
 	case old > 0:

@@ -25,6 +25,10 @@ const (
 	// probeMaxInterval caps the pause between probes; they start 5ms apart
 	// and double, so a fast worker is ready within milliseconds.
 	probeMaxInterval = 250 * time.Millisecond
+	// probeFirstInterval is the first pause between readiness probes; it
+	// grows by half each time, so a fast worker is seen within a millisecond
+	// or two and a slow one is not hammered.
+	probeFirstInterval = time.Millisecond
 	// pipeGrace bounds how long Wait keeps reading output after the process
 	// group is gone, in case a daemonised grandchild kept the pipes open.
 	pipeGrace = 2 * time.Second
@@ -76,6 +80,9 @@ type process struct {
 	done   chan struct{} // closed when it is reaped and its output flushed
 	err    error         // cmd.Wait's result; read only after done
 	limits *procLimits   // released by watch once the process is reaped
+	// exitHook, when set, runs once the leader exited, before it is reaped,
+	// while its zombie still holds its CPU counters (the meter's last sample).
+	exitHook func()
 
 	mu     sync.Mutex
 	reaped bool // set before reaping: after it the group id may be reused
@@ -101,6 +108,9 @@ func (pr *process) watch() {
 		if !errors.Is(err, unix.EINTR) {
 			break // on any other error cmd.Wait below reports what happened
 		}
+	}
+	if pr.exitHook != nil {
+		pr.exitHook()
 	}
 	close(pr.exited)
 	pr.mu.Lock()
@@ -179,6 +189,8 @@ func (p *Pool) start(in *instance, port int, log *slog.Logger) (*process, error)
 		return nil, fmt.Errorf("start %s: %w", spec.Command[0], err)
 	}
 	pr.pid = pr.cmd.Process.Pid
+	p.cfg.Meter.Track(in.fs.name, in.id, pr.pid)
+	pr.exitHook = func() { p.cfg.Meter.Untrack(in.id) }
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -230,6 +242,7 @@ func (p *Pool) failed(in *instance, err error, delay time.Duration, log *slog.Lo
 	tail := in.fs.logs.tail(in.id, stderrTail)
 	p.mu.Lock()
 	in.restarts++
+	in.failStreak++
 	in.fs.restarts++
 	in.lastErr = err.Error()
 	in.pid, in.port = 0, 0
@@ -287,6 +300,7 @@ func (p *Pool) runOnce(in *instance, log *slog.Logger) error {
 	p.mu.Lock()
 	if !in.stopping {
 		in.state = StateReady
+		in.failStreak = 0
 		in.fs.notify()
 	}
 	p.mu.Unlock()
@@ -318,7 +332,7 @@ const (
 func (p *Pool) awaitReady(in *instance, proc *process, port int, limit time.Duration) probeResult {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
-	pause := 5 * time.Millisecond
+	pause := probeFirstInterval
 	for {
 		select {
 		case <-proc.exited: // checked first: the port may already belong to someone else
@@ -341,7 +355,7 @@ func (p *Pool) awaitReady(in *instance, proc *process, port int, limit time.Dura
 			t.Stop()
 			return probeTimedOut
 		}
-		pause = min(2*pause, probeMaxInterval)
+		pause = min(pause+pause/2, probeMaxInterval)
 	}
 }
 

@@ -62,8 +62,8 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	waitFor(t, 20*time.Second, func() bool { return statusOf(t, p, "loop").Restarts >= 6 })
 
 	s := statusOf(t, p, "loop")
-	if s.State != StateCrashLoop && s.State != StateStarting {
-		t.Errorf("state %s, want crashloop (or starting, mid-restart)", s.State)
+	if s.State != StateFailed {
+		t.Errorf("state %s after %d failed starts, want failed", s.State, s.Restarts)
 	}
 	if !strings.Contains(s.LastError, "exit status 2") || !slices.Contains(s.Stderr, "crash on start") {
 		t.Errorf("status %+v, want the exit status and the stderr tail", s)
@@ -137,7 +137,7 @@ func TestStartFailureIsReported(t *testing.T) {
 			fn := &Function{Name: strings.ReplaceAll(name, " ", "-"), Command: c.command, Dir: t.TempDir(), Scale: Scale{Min: 1, Target: 1}}
 			p.Apply(fn)
 			waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, fn.Name).Restarts >= 1 })
-			if s := statusOf(t, p, fn.Name); !strings.Contains(s.LastError, c.want) || s.State != StateCrashLoop && s.State != StateStarting {
+			if s := statusOf(t, p, fn.Name); !strings.Contains(s.LastError, c.want) || s.State != StateCrashLoop && s.State != StateFailed && s.State != StateStarting {
 				t.Errorf("status %+v, want a crash loop whose error names %q", s, c.want)
 			}
 		})
