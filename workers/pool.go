@@ -517,6 +517,27 @@ func (p *Pool) Deliver(ctx context.Context, target string, ev event.Event) (*eve
 	return reply, nil
 }
 
+// Acquire reserves a slot on a ready instance of the function, as Deliver
+// does (holding the caller while the function scales from zero or every
+// instance is busy, bounded by ctx), and returns the instance's address
+// ("127.0.0.1:PORT") for a plain HTTP request: the router's path to
+// functions. The caller must call release exactly once when its request
+// ended, with the request's outcome (nil for a 2xx answer), which is metered.
+func (p *Pool) Acquire(ctx context.Context, name string) (addr string, release func(err error), err error) {
+	in, port, err := p.acquire(ctx, name)
+	if err != nil {
+		return "", nil, err
+	}
+	start := time.Now()
+	var once sync.Once
+	return "127.0.0.1:" + strconv.Itoa(port), func(err error) {
+		once.Do(func() {
+			p.cfg.Meter.Invocation(name, start, time.Since(start), err != nil)
+			p.release(in)
+		})
+	}, nil
+}
+
 // parseTarget splits "function:NAME[/path]".
 func parseTarget(target string) (name, path string, err error) {
 	rest, ok := strings.CutPrefix(target, "function:")

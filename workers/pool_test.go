@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -354,4 +355,38 @@ func poolGoroutines() string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// TestAcquireForPlainHTTP: the router's path to a function holds a slot
+// under the function's concurrency and gives a reachable address.
+func TestAcquireForPlainHTTP(t *testing.T) {
+	p := startPool(t, Config{})
+	fn := goFn("plain")
+	fn.Concurrency = 1
+	p.Apply(fn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr, release, err := p.Acquire(ctx, "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, p, "plain"); st.InFlight != 1 {
+		t.Fatalf("in flight %d while a slot is held", st.InFlight)
+	}
+	// The only slot is taken: a second Acquire waits until release.
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	if _, _, err := p.Acquire(short, "plain"); err == nil {
+		t.Fatal("a second request got a slot beyond concurrency 1")
+	}
+	cancelShort()
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	release(nil)
+	release(nil) // a second call is harmless
+	if st := statusOf(t, p, "plain"); st.InFlight != 0 {
+		t.Fatalf("in flight %d after release", st.InFlight)
+	}
 }
