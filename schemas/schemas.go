@@ -33,6 +33,7 @@ type Violation struct {
 var Kinds = map[string]string{
 	"Trigger":  "trigger.schema.json",
 	"Function": "function.schema.json",
+	"Service":  "service.schema.json",
 }
 
 var (
