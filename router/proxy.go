@@ -11,20 +11,24 @@ import (
 	"time"
 )
 
-// Proxy is the forward proxy that workers reach through HTTP_PROXY. For now
-// it passes plain-HTTP requests through to their host; CONNECT (HTTPS) is
-// refused with 405, as weft does not tunnel yet.
+// Proxy is the forward proxy that workers reach through HTTP_PROXY. A
+// request for a host that names a Service or a Function goes through the
+// Router (routes, balancing, retries, TLS); any other plain-HTTP host is
+// passed through as by any forward proxy. CONNECT (HTTPS tunnels) is refused
+// with 405: weft does not tunnel yet.
 type Proxy struct {
-	addr  string
-	log   *slog.Logger
-	ready chan struct{}
-	bound net.Addr
+	addr   string
+	log    *slog.Logger
+	router *Router
+	ready  chan struct{}
+	bound  net.Addr
 }
 
 // NewProxy returns a proxy that will listen on addr ("host:port"; port 0
-// picks a free port).
-func NewProxy(addr string, log *slog.Logger) *Proxy {
-	return &Proxy{addr: addr, log: log, ready: make(chan struct{})}
+// picks a free port) and route known names through r (nil: pass through
+// only).
+func NewProxy(addr string, r *Router, log *slog.Logger) *Proxy {
+	return &Proxy{addr: addr, router: r, log: log, ready: make(chan struct{})}
 }
 
 // Ready is closed once the proxy listens.
@@ -57,6 +61,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodConnect {
 				http.Error(w, "weft router: CONNECT is not supported yet", http.StatusMethodNotAllowed)
+				return
+			}
+			host := r.URL.Host
+			if host == "" {
+				host = r.Host
+			}
+			if p.router != nil && p.router.Resolves(host) {
+				p.router.ServeHTTP(w, r)
 				return
 			}
 			rp.ServeHTTP(w, r)

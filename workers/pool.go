@@ -517,6 +517,14 @@ func (p *Pool) Deliver(ctx context.Context, target string, ev event.Event) (*eve
 	return reply, nil
 }
 
+// Has reports whether a function of that name is applied.
+func (p *Pool) Has(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.fns[name]
+	return ok
+}
+
 // Acquire reserves a slot on a ready instance of the function, as Deliver
 // does (holding the caller while the function scales from zero or every
 // instance is busy, bounded by ctx), and returns the instance's address

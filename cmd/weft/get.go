@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/weft-dev/weft/router"
 )
 
 type resourceView struct {
@@ -34,11 +37,20 @@ func newGetCmd(g *globals) *cobra.Command {
 				}
 				return listDLQ(cmd, g, q)
 			case "services", "service", "svc":
-				if g.output != "table" {
-					return printOut(g.stdout, g.output, []any{})
+				var st []router.ServiceStatus
+				if err := c.do(ctx, "GET", "/api/v1/services", "", nil, &st); err != nil {
+					return err
 				}
-				_, err := fmt.Fprintln(g.stdout, "No services: the Service kind arrives with the router.")
-				return err
+				if len(args) == 2 {
+					st = slices.DeleteFunc(st, func(s router.ServiceStatus) bool { return s.Name != args[1] })
+					if len(st) == 0 {
+						return withCode(exitNotFound, fmt.Errorf("service %q not found", args[1]))
+					}
+				}
+				if g.output != "table" {
+					return printOut(g.stdout, g.output, st)
+				}
+				return serviceTable(g, st)
 			case "functions", "function", "fn":
 				var st []map[string]any
 				if err := c.do(ctx, "GET", "/api/v1/functions", "", nil, &st); err != nil {
@@ -180,4 +192,30 @@ func newDescribeCmd(g *globals) *cobra.Command {
 			return printOut(g.stdout, format, view)
 		},
 	}
+}
+
+func serviceTable(g *globals, st []router.ServiceStatus) error {
+	if len(st) == 0 {
+		_, err := fmt.Fprintln(g.stdout, "No services.")
+		return err
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tBALANCER\tTLS\tROUTES\tENDPOINT\tHEALTH\tIN-FLIGHT\tFAILURES\tEWMA")
+	for _, s := range st {
+		if len(s.Endpoints) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t-\t\t\t\t\n", s.Name, s.LoadBalancer, s.TLS, s.Routes)
+		}
+		for i, ep := range s.Endpoints {
+			name, lb, tls, routes := s.Name, s.LoadBalancer, s.TLS, fmt.Sprint(s.Routes)
+			if i > 0 {
+				name, lb, tls, routes = "", "", "", ""
+			}
+			health := "healthy"
+			if !ep.Healthy {
+				health = "ejected until " + ep.EjectedUntil.Local().Format("15:04:05")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%.1fms\n", name, lb, tls, routes, ep.Address, health, ep.InFlight, ep.ConsecutiveFailures, ep.EWMAMillis)
+		}
+	}
+	return tw.Flush()
 }

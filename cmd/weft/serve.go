@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-dev/weft/broker"
@@ -46,6 +47,7 @@ type serveOptions struct {
 	relaxedSync   bool
 	maxEventBytes int64
 	dedupWindow   time.Duration
+	trustDomain   string
 }
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -72,6 +74,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
 	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 960 KiB)")
 	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
+	f.StringVar(&o.trustDomain, "trust-domain", "weft.local", "SPIFFE trust domain of the node's identities (spiffe://<domain>/fn/<function>)")
 	return cmd
 }
 
@@ -120,12 +123,17 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		return fmt.Errorf("metrics: %w", err)
 	}
 
-	proxy := router.NewProxy(o.routerAddr, log.With("component", "router"))
 	backlog := &triggerBacklog{}
 	meter := workers.NewMeter(workers.MeterConfig{}, log.With("component", "meter"))
 	reg.MustRegister(meter.Collector())
 	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter}, log.With("component", "workers"))
-	client := router.NewClient(nil)
+	identity, nodeSVID, err := nodeIdentity(ctx, st, o.trustDomain, log.With("component", "identity"))
+	if err != nil {
+		return err
+	}
+	rtr := router.New(router.Config{Identity: identity}, pool, log.With("component", "router"))
+	proxy := router.NewProxy(o.routerAddr, rtr, log.With("component", "router"))
+	client := router.NewClient(nil, rtr)
 	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
 		if strings.HasPrefix(target, "function:") {
 			return pool.Deliver(ctx, target, ev)
@@ -144,10 +152,11 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	}
 	backlog.broker.Store(b)
 	cp := node.NewControlPlane(st, b, pool, log.With("component", "control"))
+	cp.UseServices(rtr)
 	var configured atomic.Bool // store and files applied, dispatching started
 	files := node.NewFiles(o.files, cp, log.With("component", "control"))
 	api := &node.API{
-		CP: cp, Files: files, Broker: b, Pool: pool, Meter: meter, Gatherer: reg, Token: g.token, Log: log,
+		CP: cp, Files: files, Broker: b, Pool: pool, Meter: meter, Router: rtr, Gatherer: reg, Token: g.token, Log: log,
 		Ready: func() error {
 			for name, ch := range map[string]<-chan struct{}{"broker": b.Ready(), "workers": pool.Ready(), "router": proxy.Ready()} {
 				select {
@@ -181,6 +190,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	defer stopLower()
 	grp.Go(func() error { return pool.Run(lower) })
 	grp.Go(func() error { return proxy.Run(lower) })
+	grp.Go(func() error { return nodeSVID.Run(lower) })
 	grp.Go(func() error { return meter.Run(lower) })
 	grp.Go(func() error {
 		defer stopLower()
@@ -253,4 +263,31 @@ func (t *triggerBacklog) Backlog(function string) int {
 		}
 	}
 	return n
+}
+
+// nodeIdentity loads (or creates, on first start) the node's CA from the
+// store and issues the node's own SVID, spiffe://<domain>/node/<hostname>,
+// which the router presents when it originates mutual TLS.
+func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.Logger) (*router.Identity, *router.SVIDSource, error) {
+	td, err := spiffeid.TrustDomainFromString(domain)
+	if err != nil {
+		return nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", domain, err))
+	}
+	ca, err := router.LoadOrCreateCA(ctx, st, td.Name(), router.SystemClock{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("certificate authority: %w", err)
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "local"
+	}
+	id, err := spiffeid.FromSegments(td, "node", host)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node identity: %w", err)
+	}
+	src, err := router.NewSVIDSource(ca, id, router.SystemClock{}, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node identity: %w", err)
+	}
+	return &router.Identity{SVID: src, Bundle: ca.Bundle(), Domain: td}, src, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/weft-dev/weft/broker"
 	"github.com/weft-dev/weft/internal/resource"
+	"github.com/weft-dev/weft/router"
 	"github.com/weft-dev/weft/workers"
 )
 
@@ -30,6 +31,7 @@ type API struct {
 	Broker   *broker.Broker
 	Pool     *workers.Pool
 	Meter    *workers.Meter
+	Router   *router.Router
 	Gatherer prometheus.Gatherer
 	// Token, when set, is required as "Authorization: Bearer <token>" on every
 	// /api/v1 call.
@@ -70,6 +72,8 @@ func (a *API) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/dlq/purge", a.dlqPurge)
 	api.HandleFunc("GET /api/v1/status", a.status)
 	api.HandleFunc("GET /api/v1/usage", a.usage)
+	api.HandleFunc("GET /api/v1/services", a.services)
+	api.HandleFunc("POST /api/v1/invoke/{name}", a.invoke)
 	mux.Handle("/api/v1/", a.auth(api))
 	return mux
 }
@@ -135,7 +139,7 @@ func flatten(err error) []error {
 func statusOf(err error) int {
 	var fe *resource.FieldError
 	switch {
-	case errors.As(err, &fe):
+	case errors.As(err, &fe), errors.Is(err, ErrInvalid):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, ErrNotFound), errors.Is(err, broker.ErrNotFound):
 		return http.StatusNotFound
@@ -195,6 +199,8 @@ func kindOf(s string) (string, bool) {
 		return "Trigger", true
 	case "function", "functions", "fn":
 		return "Function", true
+	case "service", "services", "svc":
+		return "Service", true
 	case "all", "":
 		return "", true
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/weft-dev/weft/broker"
 	"github.com/weft-dev/weft/internal/resource"
 	"github.com/weft-dev/weft/internal/store"
+	"github.com/weft-dev/weft/router"
 	"github.com/weft-dev/weft/triggers"
 	"github.com/weft-dev/weft/workers"
 )
@@ -28,6 +29,14 @@ type Triggers interface {
 	SetTriggers(idx *triggers.Index)
 }
 
+// Services is what the control plane needs from the router: a whole set of
+// Services is prepared (TLS files loaded) before anything changes, and
+// installed once the change is committed.
+type Services interface {
+	Prepare(svcs []*router.Service) (*router.Table, error)
+	Install(t *router.Table)
+}
+
 // Functions is what the control plane needs from the worker pool.
 type Functions interface {
 	Apply(fn *workers.Function)
@@ -40,6 +49,7 @@ type applied struct {
 	source string // sourceAPI or the file it came from
 	trig   *triggers.Trigger
 	fn     *workers.Function
+	svc    *router.Service
 }
 
 // ControlPlane holds the resources in force. Methods are safe for concurrent
@@ -49,6 +59,7 @@ type ControlPlane struct {
 	store store.Store
 	trigs Triggers
 	fns   Functions
+	svcs  Services // nil: Service manifests are refused
 
 	mu    sync.Mutex // serialises changes; guards state
 	state map[resource.Key]applied
@@ -58,6 +69,10 @@ type ControlPlane struct {
 func NewControlPlane(st store.Store, t Triggers, f Functions, log *slog.Logger) *ControlPlane {
 	return &ControlPlane{log: log, store: st, trigs: t, fns: f, state: map[resource.Key]applied{}}
 }
+
+// UseServices lets the control plane put Services in force through s. Call
+// it before the first change.
+func (cp *ControlPlane) UseServices(s Services) { cp.svcs = s }
 
 // Change reports what an apply or delete did to one resource.
 type Change struct {
@@ -78,8 +93,10 @@ func parse(obj resource.Object) (applied, error) {
 		}
 	case "Function":
 		a.fn, err = workers.Parse(obj)
+	case "Service":
+		a.svc, err = router.ParseService(obj)
 	default:
-		err = obj.FieldError([]string{"kind"}, fmt.Errorf("unknown kind %q (want Trigger or Function)", obj.Kind))
+		err = obj.FieldError([]string{"kind"}, fmt.Errorf("unknown kind %q (want Trigger, Function or Service)", obj.Kind))
 	}
 	return a, err
 }
@@ -187,6 +204,22 @@ func (cp *ControlPlane) commit(ctx context.Context, next map[resource.Key]applie
 	// away, so the store is not left half-written by a dropped connection.
 	ctx = context.WithoutCancel(ctx)
 	idx := buildIndex(next)
+	var svcs []*router.Service
+	for _, a := range next {
+		if a.svc != nil {
+			svcs = append(svcs, a.svc)
+		}
+	}
+	var table *router.Table
+	if cp.svcs != nil {
+		t, err := cp.svcs.Prepare(svcs) // loads TLS files: the last check before anything changes
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		table = t
+	} else if len(svcs) > 0 {
+		return errors.New("this node has no router: Service manifests cannot be applied")
+	}
 	for _, ch := range changes {
 		k := resource.Key{Kind: ch.Kind, Name: ch.Name}
 		a, ok := next[k]
@@ -209,6 +242,9 @@ func (cp *ControlPlane) commit(ctx context.Context, next map[resource.Key]applie
 	old := cp.state
 	cp.state = next
 	cp.trigs.SetTriggers(idx)
+	if table != nil {
+		cp.svcs.Install(table)
+	}
 	for k, a := range next {
 		if a.fn != nil {
 			if o, ok := old[k]; !ok || string(o.obj.JSON) != string(a.obj.JSON) || o.obj.File != a.obj.File {
@@ -327,6 +363,10 @@ func (cp *ControlPlane) Get(k resource.Key) (Resource, bool) {
 	}
 	return Resource{Kind: k.Kind, Name: k.Name, Source: a.source, Manifest: a.obj.JSON}, true
 }
+
+// ErrInvalid marks a change refused for what it asks, beyond what a
+// manifest's fields show (a Service's TLS file that cannot be read).
+var ErrInvalid = errors.New("invalid")
 
 // ErrNotFound is returned for a resource that is not in force.
 var ErrNotFound = errors.New("not found")

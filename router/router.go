@@ -1,0 +1,547 @@
+package router
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Errors of routing.
+var (
+	// ErrUnknownHost is returned by RoundTrip for a host that names no
+	// Service or Function.
+	ErrUnknownHost = errors.New("router: no service or function of that name")
+	// ErrNoRoute is returned when a Service's routes match nothing and it has
+	// no endpoints of its own.
+	ErrNoRoute = errors.New("router: no route matches")
+	// ErrRouteLoop is returned when backends name each other deeper than
+	// maxHops.
+	ErrRouteLoop = errors.New("router: services route to each other in a loop")
+)
+
+// maxHops bounds how many Services a request may pass through by naming
+// each other as backends.
+const maxHops = 4
+
+// maxReplayBody is the largest request body kept in memory so that a retry
+// can send it again; larger bodies are sent once.
+const maxReplayBody = 1 << 20
+
+// Functions is how the router reaches a function's instances: through the
+// worker pool, which enforces the function's concurrency and scales it from
+// zero. workers.Pool implements it.
+type Functions interface {
+	// Has reports whether a Function of that name is applied.
+	Has(name string) bool
+	// Acquire reserves a slot on a ready instance, waiting while the function
+	// starts; release must be called once the request ended.
+	Acquire(ctx context.Context, name string) (addr string, release func(error), err error)
+}
+
+// Identity is the node's own SPIFFE identity and trust bundle, used to
+// originate mutual TLS to Services that ask for it without their own
+// client certificate.
+type Identity struct {
+	SVID   x509svid.Source
+	Bundle x509bundle.Source
+	Domain spiffeid.TrustDomain
+}
+
+// Config configures a Router. Zero fields mean their defaults.
+type Config struct {
+	// Identity, when set, lets the router speak mutual TLS with weft's own
+	// certificates. Without it, a Service with tls.mode mutual must give
+	// certFile and keyFile.
+	Identity *Identity
+	// Clock drives latency averages, ejections and budgets; nil is the
+	// system clock.
+	Clock Clock
+}
+
+// Router resolves requests for Services and Functions by name and carries
+// them: it picks a route and a backend, balances over endpoints, retries
+// within a budget, ejects failing endpoints and speaks TLS where asked.
+// It implements http.RoundTripper. Its methods are safe for concurrent use.
+type Router struct {
+	cfg      Config
+	clk      Clock
+	log      *slog.Logger
+	fns      Functions
+	services atomic.Pointer[map[string]*service]
+	plain    *http.Transport // to function instances on loopback
+}
+
+// New returns a Router with no Services. fns may be nil (no functions).
+func New(cfg Config, fns Functions, log *slog.Logger) *Router {
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{cfg: cfg, clk: cfg.Clock, log: log, fns: fns, plain: newTransport(nil)}
+	empty := map[string]*service{}
+	r.services.Store(&empty)
+	return r
+}
+
+func newTransport(tc *tls.Config) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil, // the router is the proxy
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		ForceAttemptHTTP2:   tc != nil,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 5 * time.Second,
+	}
+}
+
+// service is the live state of one Service: its routes, endpoints with
+// their statistics, balancer, outlier detector, budget and transport.
+type service struct {
+	svc       *Service
+	routes    *RouteTable
+	eps       []*Endpoint
+	urls      map[*Endpoint]*url.URL
+	bal       Balancer
+	outlier   *OutlierDetector
+	budget    *Budget
+	policy    RetryPolicy
+	transport *http.Transport
+}
+
+// Prepare builds the routing state of svcs, loading their TLS files, without
+// putting it in force; Install does. An error names the Service.
+func (r *Router) Prepare(svcs []*Service) (*Table, error) {
+	old := *r.services.Load()
+	next := map[string]*service{}
+	for _, svc := range svcs {
+		s, err := r.build(svc, old[svc.Name])
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+		}
+		next[svc.Name] = s
+	}
+	return &Table{services: next}, nil
+}
+
+// Table is a prepared set of Services.
+type Table struct{ services map[string]*service }
+
+// Install puts a prepared Table in force: new requests use it at once;
+// requests in flight finish on the old one. Endpoints that stay keep their
+// statistics and ejections.
+func (r *Router) Install(t *Table) {
+	old := r.services.Swap(&t.services)
+	for name, s := range *old {
+		if n, ok := t.services[name]; !ok || n.transport != s.transport {
+			s.transport.CloseIdleConnections()
+		}
+	}
+}
+
+// SetServices prepares and installs svcs.
+func (r *Router) SetServices(svcs []*Service) error {
+	t, err := r.Prepare(svcs)
+	if err != nil {
+		return err
+	}
+	r.Install(t)
+	return nil
+}
+
+func (r *Router) build(svc *Service, prev *service) (*service, error) {
+	routes, err := NewRouteTable(svc)
+	if err != nil {
+		return nil, err
+	}
+	bal, err := NewBalancer(string(svc.LoadBalancer), r.clk, nil)
+	if err != nil {
+		return nil, err
+	}
+	outlier, err := NewOutlierDetector(OutlierConfig{
+		ConsecutiveFailures: svc.OutlierDetection.ConsecutiveFailures,
+		EjectionTime:        svc.OutlierDetection.EjectionTime,
+	}, r.clk)
+	if err != nil {
+		return nil, err
+	}
+	policy := RetryPolicy{
+		Attempts:      max(svc.Retries.Attempts, 1),
+		PerTryTimeout: svc.Retries.PerTryTimeout,
+		Timeout:       svc.Timeout,
+		BudgetPercent: svc.Retries.BudgetPercent,
+		RetryOn5xx:    svc.Retries.RetryOn5xx,
+	}
+	if svc.Retries.BudgetPercent == 0 {
+		policy.Attempts = 1 // budgetPercent 0: no retry
+	}
+	budget, err := NewBudget(BudgetConfig{Percent: policy.BudgetPercent}, r.clk)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{svc: svc, routes: routes, bal: bal, outlier: outlier, budget: budget, policy: policy, urls: map[*Endpoint]*url.URL{}}
+	if prev != nil && prev.svc.TLS == svc.TLS {
+		s.transport = prev.transport
+	} else if s.transport, err = r.transportFor(svc); err != nil {
+		return nil, err
+	}
+	kept := map[string]*Endpoint{}
+	if prev != nil {
+		for _, ep := range prev.eps {
+			kept[ep.Addr] = ep
+		}
+	}
+	for _, u := range svc.Endpoints {
+		ep := kept[u.String()]
+		if ep == nil {
+			ep = NewEndpoint(u.String(), r.clk)
+		}
+		s.eps = append(s.eps, ep)
+		s.urls[ep] = u
+	}
+	outlier.SetEndpoints(s.eps)
+	return s, nil
+}
+
+func (r *Router) transportFor(svc *Service) (*http.Transport, error) {
+	t := svc.TLS
+	switch t.Mode {
+	case TLSDisable, "":
+		return newTransport(nil), nil
+	case TLSSimple:
+		tc := &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
+		if t.CAFile != "" {
+			pool, err := loadPool(t.CAFile)
+			if err != nil {
+				return nil, err
+			}
+			tc.RootCAs = pool
+		}
+		return newTransport(tc), nil
+	case TLSMutual:
+		if t.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("tls client certificate: %w", err)
+			}
+			tc := &tls.Config{ServerName: t.ServerName, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			if t.CAFile != "" {
+				pool, err := loadPool(t.CAFile)
+				if err != nil {
+					return nil, err
+				}
+				tc.RootCAs = pool
+			}
+			return newTransport(tc), nil
+		}
+		id := r.cfg.Identity
+		if id == nil {
+			return nil, errors.New("tls mode mutual needs certFile and keyFile, or weft's own identity")
+		}
+		match := spiffeid.MatchMemberOf(id.Domain)
+		if !t.SPIFFEID.IsZero() {
+			match = spiffeid.MatchID(t.SPIFFEID)
+		}
+		return newTransport(ClientTLS(id.SVID, id.Bundle, match, WithTLSClock(r.clk))), nil
+	}
+	return nil, fmt.Errorf("unknown tls mode %q", t.Mode)
+}
+
+func loadPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("tls caFile: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls caFile %s: no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// Resolves reports whether host (with or without a port) names a Service or
+// a Function the router carries requests for.
+func (r *Router) Resolves(host string) bool {
+	name := hostname(host)
+	if _, ok := (*r.services.Load())[name]; ok {
+		return true
+	}
+	return r.fns != nil && r.fns.Has(name)
+}
+
+func hostname(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.ToLower(host)
+}
+
+// RoundTrip carries req to the Service or Function named by its URL's host.
+// The response body must be closed; it holds the endpoint slot (and for a
+// function, the instance's concurrency slot) until then.
+func (r *Router) RoundTrip(req *http.Request) (*http.Response, error) {
+	return r.roundTrip(req, 0)
+}
+
+func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) {
+	if hops > maxHops {
+		return nil, ErrRouteLoop
+	}
+	name := hostname(req.URL.Host)
+	if s, ok := (*r.services.Load())[name]; ok {
+		backend, ok := s.routes.Select(req, nil)
+		if !ok {
+			return nil, fmt.Errorf("service %s: %w", name, ErrNoRoute)
+		}
+		if backend != s.svc.Name {
+			next := req.Clone(req.Context())
+			next.URL.Host = backend
+			next.Host = backend
+			return r.roundTrip(next, hops+1)
+		}
+		return s.do(req, r.clk)
+	}
+	if r.fns != nil && r.fns.Has(name) {
+		return r.callFunction(req, name)
+	}
+	return nil, fmt.Errorf("%q: %w", name, ErrUnknownHost)
+}
+
+// callFunction sends req to an instance of the function through the pool.
+func (r *Router) callFunction(req *http.Request, name string) (*http.Response, error) {
+	addr, release, err := r.fns.Acquire(req.Context(), name)
+	if err != nil {
+		return nil, fmt.Errorf("function %s: %w", name, err)
+	}
+	out := req.Clone(req.Context())
+	out.URL.Scheme, out.URL.Host, out.Host = "http", addr, name
+	out.RequestURI = ""
+	resp, err := r.plain.RoundTrip(out)
+	if err != nil {
+		release(err)
+		return nil, fmt.Errorf("function %s: %w", name, err)
+	}
+	var outcome error
+	if resp.StatusCode >= 500 {
+		outcome = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	resp.Body = &onClose{ReadCloser: resp.Body, fn: func() { release(outcome) }}
+	return resp, nil
+}
+
+// do sends req to one of the Service's endpoints, retrying per its policy
+// within its budget.
+func (s *service) do(req *http.Request, clk Clock) (*http.Response, error) {
+	if len(s.eps) == 0 {
+		return nil, fmt.Errorf("service %s: no endpoints", s.svc.Name)
+	}
+	ctx, cancel := req.Context(), context.CancelFunc(func() {})
+	if s.policy.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, s.policy.Timeout)
+	}
+	replayable, err := makeReplayable(req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.budget.Deposit()
+	cands := make([]*Endpoint, 0, len(s.eps))
+	for attempt := 1; ; attempt++ {
+		cands = Available(cands[:0], s.eps, clk.Now())
+		ep := s.bal.Pick(cands)
+		resp, tryCancel, err := s.try(ctx, req, ep, clk)
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		last := attempt >= s.policy.Attempts || !replayable || ctx.Err() != nil ||
+			!RetryableRequest(req, status, err, s.policy) || !s.budget.Withdraw()
+		if last {
+			if err != nil {
+				tryCancel()
+				cancel()
+				return nil, fmt.Errorf("service %s: %w", s.svc.Name, err)
+			}
+			resp.Body = &onClose{ReadCloser: resp.Body, fn: func() { tryCancel(); cancel() }}
+			return resp, nil
+		}
+		if resp != nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		tryCancel()
+		t := time.NewTimer(Backoff(attempt, nil))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			cancel()
+			return nil, fmt.Errorf("service %s: %w", s.svc.Name, ctx.Err())
+		}
+	}
+}
+
+// try sends one attempt to ep and records its outcome.
+func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk Clock) (*http.Response, context.CancelFunc, error) {
+	tryCtx, cancel := ctx, context.CancelFunc(func() {})
+	if s.policy.PerTryTimeout > 0 {
+		tryCtx, cancel = context.WithTimeoutCause(ctx, s.policy.PerTryTimeout, ErrPerTryTimeout)
+	}
+	out := req.Clone(tryCtx)
+	target := s.urls[ep]
+	out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
+	out.RequestURI = ""
+	if req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			cancel()
+			return nil, cancel, err
+		}
+		out.Body = body
+	}
+	start := clk.Now()
+	ep.Begin()
+	resp, err := s.transport.RoundTrip(out)
+	if err != nil && errors.Is(context.Cause(tryCtx), ErrPerTryTimeout) {
+		err = fmt.Errorf("%w: %w", ErrPerTryTimeout, err)
+	}
+	ok := err == nil && resp.StatusCode < 500
+	ep.End(clk.Now().Sub(start), ok)
+	s.outlier.Observe(ep, ok)
+	return resp, cancel, err
+}
+
+// makeReplayable buffers a small body so retries can send it again, and
+// reports whether the request can be retried at all.
+func makeReplayable(req *http.Request) (bool, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody != nil {
+		return true, nil
+	}
+	if req.ContentLength < 0 || req.ContentLength > maxReplayBody {
+		return false, nil // streamed once: no retry
+	}
+	data, err := io.ReadAll(io.LimitReader(req.Body, maxReplayBody+1))
+	if err != nil {
+		return false, fmt.Errorf("read request body: %w", err)
+	}
+	req.Body.Close()
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(data))), nil }
+	req.Body, _ = req.GetBody()
+	return true, nil
+}
+
+// onClose runs fn once when the body is closed.
+type onClose struct {
+	io.ReadCloser
+	fn   func()
+	done atomic.Bool
+}
+
+func (o *onClose) Close() error {
+	err := o.ReadCloser.Close()
+	if o.done.CompareAndSwap(false, true) {
+		o.fn()
+	}
+	return err
+}
+
+// EndpointStatus is one endpoint as `weft get services` shows it.
+type EndpointStatus struct {
+	Address             string    `json:"address"`
+	Healthy             bool      `json:"healthy"`
+	EjectedUntil        time.Time `json:"ejectedUntil,omitzero"`
+	ConsecutiveFailures int       `json:"consecutiveFailures"`
+	InFlight            int       `json:"inFlight"`
+	EWMAMillis          float64   `json:"ewmaMs"`
+}
+
+// ServiceStatus is one Service with its endpoints.
+type ServiceStatus struct {
+	Name         string           `json:"name"`
+	LoadBalancer string           `json:"loadBalancer"`
+	TLS          string           `json:"tls"`
+	Routes       int              `json:"routes"`
+	Endpoints    []EndpointStatus `json:"endpoints"`
+}
+
+// Status lists the Services in force, sorted by name.
+func (r *Router) Status() []ServiceStatus {
+	now := r.clk.Now()
+	out := []ServiceStatus{}
+	for _, s := range *r.services.Load() {
+		st := ServiceStatus{Name: s.svc.Name, LoadBalancer: string(s.svc.LoadBalancer), TLS: string(s.svc.TLS.Mode), Routes: len(s.svc.Routes), Endpoints: []EndpointStatus{}}
+		for _, ep := range s.eps {
+			st.Endpoints = append(st.Endpoints, EndpointStatus{
+				Address: ep.Addr, Healthy: !ep.Ejected(now), EjectedUntil: ep.EjectedUntil(),
+				ConsecutiveFailures: ep.ConsecutiveFailures(), InFlight: ep.InFlight(),
+				EWMAMillis: float64(ep.EWMA().Microseconds()) / 1000,
+			})
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// hopHeaders are connection-level headers a proxy must not forward (RFC 9110
+// section 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// ServeHTTP carries a proxied request (absolute-form, as HTTP_PROXY sends
+// it, or with the name in Host) through the router and writes the answer:
+// 502 when no endpoint answered, 504 on a timeout, 404 for an unknown name.
+func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	out := req.Clone(req.Context())
+	out.RequestURI = ""
+	if out.URL.Host == "" {
+		out.URL.Host = req.Host
+	}
+	if out.URL.Scheme == "" {
+		out.URL.Scheme = "http"
+	}
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	resp, err := r.RoundTrip(out)
+	if err != nil {
+		status := http.StatusBadGateway
+		switch {
+		case errors.Is(err, ErrUnknownHost), errors.Is(err, ErrNoRoute):
+			status = http.StatusNotFound
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrPerTryTimeout):
+			status = http.StatusGatewayTimeout
+		}
+		r.log.Debug("routing failed", "host", out.URL.Host, "err", err)
+		http.Error(w, "weft router: "+err.Error(), status)
+		return
+	}
+	defer resp.Body.Close()
+	for _, h := range hopHeaders {
+		resp.Header.Del(h)
+	}
+	for k, vs := range resp.Header {
+		w.Header()[k] = vs
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
