@@ -9,6 +9,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -51,6 +52,17 @@ func main() {
 			}
 		}
 		rec["pid"] = pid
+		if strings.HasSuffix(r.Header.Get("ce-type"), ".call") {
+			// Egress through HTTP_PROXY, as any worker would call a service.
+			resp, err := http.Get(os.Getenv("CALL_URL"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			rec["called"] = string(body)
+		}
 		line, _ := json.Marshal(rec)
 		mu.Lock()
 		_, err := out.Write(append(line, '\n'))
