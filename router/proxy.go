@@ -28,6 +28,9 @@ type Proxy struct {
 // picks a free port) and route known names through r (nil: pass through
 // only).
 func NewProxy(addr string, r *Router, log *slog.Logger) *Proxy {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Proxy{addr: addr, router: r, log: log, ready: make(chan struct{})}
 }
 
