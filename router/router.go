@@ -14,6 +14,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,6 +73,10 @@ type Config struct {
 	// Clock drives latency averages, ejections and budgets; nil is the
 	// system clock.
 	Clock Clock
+	// Workloads, when set, tells which function a proxied call comes from
+	// (its HTTP_PROXY credentials), so that function's SVID is presented to
+	// Services with tls.mode mutual instead of the node's.
+	Workloads *Workloads
 }
 
 // Router resolves requests for Services and Functions by name and carries
@@ -126,6 +131,28 @@ type service struct {
 	budget    *Budget
 	policy    RetryPolicy
 	transport *http.Transport
+	identity  *Identity
+	clk       Clock
+	callers   sync.Map // SPIFFE ID → *http.Transport presenting that caller's SVID
+}
+
+// transportFor returns the transport of a call from caller (nil: the node):
+// a Service that speaks mutual TLS with weft's identities gets the calling
+// function's own certificate.
+func (s *service) transportFor(caller *SVIDSource) *http.Transport {
+	if caller == nil || s.identity == nil || s.svc.TLS.Mode != TLSMutual || s.svc.TLS.CertFile != "" {
+		return s.transport
+	}
+	key := caller.ID().String()
+	if t, ok := s.callers.Load(key); ok {
+		return t.(*http.Transport)
+	}
+	match := spiffeid.MatchMemberOf(s.identity.Domain)
+	if !s.svc.TLS.SPIFFEID.IsZero() {
+		match = spiffeid.MatchID(s.svc.TLS.SPIFFEID)
+	}
+	t, _ := s.callers.LoadOrStore(key, newTransport(ClientTLS(caller, s.identity.Bundle, match, WithTLSClock(s.clk))))
+	return t.(*http.Transport)
 }
 
 // Prepare builds the routing state of svcs, loading their TLS files, without
@@ -198,7 +225,8 @@ func (r *Router) build(svc *Service, prev *service) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &service{svc: svc, routes: routes, bal: bal, outlier: outlier, budget: budget, policy: policy, urls: map[*Endpoint]*url.URL{}}
+	s := &service{svc: svc, routes: routes, bal: bal, outlier: outlier, budget: budget, policy: policy,
+		urls: map[*Endpoint]*url.URL{}, identity: r.cfg.Identity, clk: r.clk}
 	if prev != nil && prev.svc.TLS == svc.TLS {
 		s.transport = prev.transport
 	} else if s.transport, err = r.transportFor(svc); err != nil {
@@ -420,7 +448,7 @@ func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk 
 	}
 	start := clk.Now()
 	ep.Begin()
-	resp, err := s.transport.RoundTrip(out)
+	resp, err := s.transportFor(callerOf(ctx)).RoundTrip(out)
 	if err != nil && errors.Is(context.Cause(tryCtx), ErrPerTryTimeout) {
 		err = fmt.Errorf("%w: %w", ErrPerTryTimeout, err)
 	}
@@ -511,7 +539,13 @@ var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy
 // it, or with the name in Host) through the router and writes the answer:
 // 502 when no endpoint answered, 504 on a timeout, 404 for an unknown name.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	out := req.Clone(req.Context())
+	ctx := req.Context()
+	if r.cfg.Workloads != nil {
+		if src, ok := r.cfg.Workloads.Caller(req); ok {
+			ctx = WithCaller(ctx, src)
+		}
+	}
+	out := req.Clone(ctx)
 	out.RequestURI = ""
 	if out.URL.Host == "" {
 		out.URL.Host = req.Host

@@ -110,3 +110,20 @@ func executable(path string) error {
 	}
 	return nil
 }
+
+// withEnv returns env with the variables of extra set (replacing any of the
+// same name), sorted by name.
+func withEnv(env []string, extra map[string]string) []string {
+	out := make([]string, 0, len(env)+len(extra))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, replaced := extra[k]; !replaced {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range extra {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -140,3 +140,11 @@ func TestEnvHomeOfUser(t *testing.T) {
 		t.Fatalf("HOME=%q, want the user's home", got)
 	}
 }
+
+func TestWithEnvReplaces(t *testing.T) {
+	got := withEnv([]string{"A=1", "HTTP_PROXY=http://plain", "Z=9"}, map[string]string{"HTTP_PROXY": "http://fn:tok@r", "WEFT_CERT_FILE": "/c"})
+	want := []string{"A=1", "HTTP_PROXY=http://fn:tok@r", "WEFT_CERT_FILE=/c", "Z=9"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}

@@ -47,12 +47,22 @@ type Config struct {
 	// flight. It is called once per SampleEvery per function, without locks
 	// held, and must be safe for concurrent use.
 	Backlog Backlog
+	// Identities, when set, gives each function's processes their identity:
+	// extra environment (certificate files, proxy credentials) that replaces
+	// weft's defaults of the same name. A failure fails the start.
+	Identities Identities
 	// Meter, when set, is told of every request to an instance and of every
 	// process started and ended. Nil meters nothing.
 	Meter *Meter
 	// SampleEvery is how often the autoscaler observes each function's
 	// demand; it decides every AutoscaleTick. Default 1s.
 	SampleEvery time.Duration
+}
+
+// Identities hands out a function's identity; see Config.Identities. uid and
+// gid are the account its processes run as, -1 when weft's own.
+type Identities interface {
+	Env(function string, uid, gid int) (map[string]string, error)
 }
 
 // Backlog reports a function's waiting events; see Config.Backlog.

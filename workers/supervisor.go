@@ -155,6 +155,17 @@ func (p *Pool) start(in *instance, port int, log *slog.Logger) (*process, error)
 		return nil, errors.New("start: the function has no command")
 	}
 	env := buildEnv(spec, port, p.cfg.ProxyURL, os.LookupEnv)
+	if p.cfg.Identities != nil {
+		uid, gid := -1, -1
+		if spec.User != nil {
+			uid, gid = int(spec.User.UID), int(spec.User.GID)
+		}
+		extra, err := p.cfg.Identities.Env(spec.Name, uid, gid)
+		if err != nil {
+			return nil, fmt.Errorf("start: identity: %w", err)
+		}
+		env = withEnv(env, extra)
+	}
 	path, err := lookPath(spec.Command[0], spec.Dir, env)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Command[0], err)

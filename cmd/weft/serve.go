@@ -126,12 +126,16 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	backlog := &triggerBacklog{}
 	meter := workers.NewMeter(workers.MeterConfig{}, log.With("component", "meter"))
 	reg.MustRegister(meter.Collector())
-	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter}, log.With("component", "workers"))
-	identity, nodeSVID, err := nodeIdentity(ctx, st, o.trustDomain, log.With("component", "identity"))
+	identity, nodeSVID, ca, err := nodeIdentity(ctx, st, o.trustDomain, log.With("component", "identity"))
 	if err != nil {
 		return err
 	}
-	rtr := router.New(router.Config{Identity: identity}, pool, log.With("component", "router"))
+	workloads, err := router.NewWorkloads(ca, filepath.Join(o.data, "identities"), o.routerAddr, log.With("component", "identity"))
+	if err != nil {
+		return err
+	}
+	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter, Identities: workloads}, log.With("component", "workers"))
+	rtr := router.New(router.Config{Identity: identity, Workloads: workloads}, pool, log.With("component", "router"))
 	proxy := router.NewProxy(o.routerAddr, rtr, log.With("component", "router"))
 	client := router.NewClient(nil, rtr)
 	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
@@ -191,6 +195,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	grp.Go(func() error { return pool.Run(lower) })
 	grp.Go(func() error { return proxy.Run(lower) })
 	grp.Go(func() error { return nodeSVID.Run(lower) })
+	grp.Go(func() error { return workloads.Run(lower) })
 	grp.Go(func() error { return meter.Run(lower) })
 	grp.Go(func() error {
 		defer stopLower()
@@ -268,14 +273,14 @@ func (t *triggerBacklog) Backlog(function string) int {
 // nodeIdentity loads (or creates, on first start) the node's CA from the
 // store and issues the node's own SVID, spiffe://<domain>/node/<hostname>,
 // which the router presents when it originates mutual TLS.
-func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.Logger) (*router.Identity, *router.SVIDSource, error) {
+func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.Logger) (*router.Identity, *router.SVIDSource, *router.CA, error) {
 	td, err := spiffeid.TrustDomainFromString(domain)
 	if err != nil {
-		return nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", domain, err))
+		return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", domain, err))
 	}
 	ca, err := router.LoadOrCreateCA(ctx, st, td.Name(), router.SystemClock{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate authority: %w", err)
+		return nil, nil, nil, fmt.Errorf("certificate authority: %w", err)
 	}
 	host, err := os.Hostname()
 	if err != nil || host == "" {
@@ -283,11 +288,11 @@ func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.
 	}
 	id, err := spiffeid.FromSegments(td, "node", host)
 	if err != nil {
-		return nil, nil, fmt.Errorf("node identity: %w", err)
+		return nil, nil, nil, fmt.Errorf("node identity: %w", err)
 	}
 	src, err := router.NewSVIDSource(ca, id, router.SystemClock{}, log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("node identity: %w", err)
+		return nil, nil, nil, fmt.Errorf("node identity: %w", err)
 	}
-	return &router.Identity{SVID: src, Bundle: ca.Bundle(), Domain: td}, src, nil
+	return &router.Identity{SVID: src, Bundle: ca.Bundle(), Domain: td}, src, ca, nil
 }

@@ -364,9 +364,9 @@ func TestCheck(t *testing.T) {
 	if want := []where{{"bad.yaml", 1, "apiVersion"}}; !slices.Equal(got, want) {
 		t.Errorf("Check problems %+v, want %+v", got, want)
 	}
-	yaml = strings.Replace(triggerDoc("t", "a"), "kind: Trigger", "kind: Service", 1)
-	got = wheres(fieldErrors(t, Check(decode(t, "svc.yaml", yaml))))
-	if want := []where{{"svc.yaml", 2, "kind"}}; !slices.Equal(got, want) {
+	yaml = strings.Replace(triggerDoc("t", "a"), "kind: Trigger", "kind: Gateway", 1)
+	got = wheres(fieldErrors(t, Check(decode(t, "gw.yaml", yaml))))
+	if want := []where{{"gw.yaml", 2, "kind"}}; !slices.Equal(got, want) {
 		t.Errorf("unknown kind problems %+v, want %+v", got, want)
 	}
 }

@@ -1,0 +1,151 @@
+package router
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/weft-dev/weft/internal/store"
+	"github.com/weft-dev/weft/internal/testutil"
+)
+
+// TestWorkloadIdentityThroughProxy: each function gets its own SVID in
+// files and proxy credentials in HTTP_PROXY; a call through the proxy to a
+// Service with tls.mode mutual presents the calling function's SVID, so the
+// Service's allow list admits one function and refuses another, and a
+// forged token gets the node's identity, not the function's.
+func TestWorkloadIdentityThroughProxy(t *testing.T) {
+	st, err := store.OpenBadger(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ca, err := LoadOrCreateCA(context.Background(), st, "weft.local", SystemClock{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := ca.TrustDomain()
+	nodeSrc, err := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/node/test"), SystemClock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvSrc, err := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/svc/vault"), SystemClock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authz, err := NewAuthorizerIDs(td, []spiffeid.ID{spiffeid.RequireFromPath(td, "/fn/trusted")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, _ := PeerID(*r.TLS)
+		_, _ = io.WriteString(w, id.String())
+	}), TLSConfig: ServerTLS(srvSrc, ca.Bundle(), authz)}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(tls.NewListener(ln, srv.TLSConfig)) })
+	defer func() { _ = srv.Close(); wg.Wait() }()
+
+	proxyAddr := testutil.FreeAddr(t)
+	wl, err := NewWorkloads(ca, t.TempDir(), proxyAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(Config{Identity: &Identity{SVID: nodeSrc, Bundle: ca.Bundle(), Domain: td}, Workloads: wl}, nil, nil)
+	svc := serviceYAML(t, fmt.Sprintf("metadata: {name: vault}\nspec:\n  endpoints: [\"https://%s\"]\n  tls: {mode: mutual}\n", ln.Addr()))
+	if err := r.SetServices([]*Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	p := NewProxy(proxyAddr, r, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-p.Ready()
+
+	call := func(proxyURL string) (int, string) {
+		t.Helper()
+		u, err := url.Parse(proxyURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
+		resp, err := c.Get("http://vault/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	trusted, err := wl.Env("trusted", -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := wl.Env("other", -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := call(trusted["HTTP_PROXY"]); code != 200 || body != "spiffe://weft.local/fn/trusted" {
+		t.Fatalf("the allowed function: %d %q", code, body)
+	}
+	if code, _ := call(other["HTTP_PROXY"]); code == 200 {
+		t.Fatal("a function outside the allow list got in")
+	}
+	forged := strings.Replace(trusted["HTTP_PROXY"], "trusted:", "trusted:0000", 1)
+	if code, _ := call(forged); code == 200 {
+		t.Fatal("a forged token passed as the trusted function")
+	}
+
+	// The files hold the function's SVID, verifiable with the CA file.
+	certPEM, err := os.ReadFile(trusted["WEFT_CERT_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(trusted["WEFT_CA_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.LoadX509KeyPair(trusted["WEFT_CERT_FILE"], trusted["WEFT_KEY_FILE"]); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.X509KeyPair(certPEM, mustRead(t, trusted["WEFT_KEY_FILE"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("the function's certificate does not verify with its CA file: %v", err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://weft.local/fn/trusted" {
+		t.Fatalf("URI SANs %v", leaf.URIs)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
