@@ -28,6 +28,9 @@ const (
 // the store's own records (a format version, should one ever be needed).
 const keyPrefix = "k/"
 
+// metaPut is the user meta of every entry a write stores (see entry).
+const metaPut byte = 1
+
 // Badger is the embedded Store: a Badger database in one directory. It is
 // safe for concurrent use; create it with OpenBadger and release it with Close.
 // The zero value is not usable.
@@ -44,6 +47,20 @@ type Badger struct {
 	stop     chan struct{}  // closed by Close: the GC loop returns
 	gcDone   sync.WaitGroup // the GC loop; Close waits for it before closing db
 	gcPasses atomic.Uint64  // completed GC passes, for tests
+
+	// Watch support (badger_watch.go), started by the first Watch. Lock
+	// order: mu, subMu, ttlMu, feedsMu, then a feed's own mutex.
+	watch     watchers           // the feeds' delivery goroutines
+	subMu     sync.Mutex         // serializes starting the subscription
+	subCancel context.CancelFunc // ends the subscription and the sweep; guarded by subMu
+	subReady  chan struct{}      // closed once the subscription is in place; guarded by subMu
+	readyOnce sync.Once          // closes subReady
+	scanned   bool               // TTL keys were loaded into ttls; guarded by subMu
+	bg        sync.WaitGroup     // the subscription and the sweep
+	ttlMu     sync.Mutex         // also orders the sweep's reports against updates
+	ttls      map[string]uint64  // key → expiry (Unix s) of keys with a TTL; guarded by ttlMu
+	feedsMu   sync.Mutex
+	feeds     map[*feed]struct{} // guarded by feedsMu
 
 	closeOnce sync.Once
 	closeErr  error
@@ -121,15 +138,90 @@ func (b *Badger) Put(ctx context.Context, key string, value []byte) error {
 		return fmt.Errorf("put %q: %w", key, err)
 	}
 	defer b.mu.RUnlock()
-	// Update commits before returning, and a committed entry has been copied
-	// into the memtable, so value is not retained.
-	err := b.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(dbKey(key), value)
-	})
-	if err != nil {
+	if err := b.set(key, value, 0); err != nil {
 		return fmt.Errorf("put %q: %w", key, err)
 	}
 	return nil
+}
+
+// PutTTL implements Store. Badger stores an expiry time in whole Unix
+// seconds; it is rounded up, so the key never vanishes before ttl.
+func (b *Badger) PutTTL(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := b.begin(ctx, key); err != nil {
+		return fmt.Errorf("put %q with ttl: %w", key, err)
+	}
+	defer b.mu.RUnlock()
+	if err := checkTTL(ttl, false); err != nil {
+		return fmt.Errorf("put %q with ttl: %w", key, err)
+	}
+	if err := b.set(key, value, ttl); err != nil {
+		return fmt.Errorf("put %q with ttl: %w", key, err)
+	}
+	return nil
+}
+
+// PutIfAbsent implements Store with a transaction that reads the key and
+// writes it only if absent. Badger's transactions detect conflicts: of two
+// that race for one key, one commits and the other gets ErrConflict, and is
+// retried, now to find the key present.
+func (b *Badger) PutIfAbsent(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
+	if err := b.begin(ctx, key); err != nil {
+		return false, fmt.Errorf("put %q if absent: %w", key, err)
+	}
+	defer b.mu.RUnlock()
+	if err := checkTTL(ttl, true); err != nil {
+		return false, fmt.Errorf("put %q if absent: %w", key, err)
+	}
+	for {
+		stored := false
+		err := b.db.Update(func(txn *badger.Txn) error {
+			_, err := txn.Get(dbKey(key))
+			switch {
+			case err == nil:
+				return nil
+			case !errors.Is(err, badger.ErrKeyNotFound):
+				return err
+			}
+			stored = true
+			return txn.SetEntry(entry(key, value, ttl))
+		})
+		switch {
+		case errors.Is(err, badger.ErrConflict):
+			if err := ctx.Err(); err != nil {
+				return false, fmt.Errorf("put %q if absent: %w", key, err)
+			}
+			continue
+		case err != nil:
+			return false, fmt.Errorf("put %q if absent: %w", key, err)
+		}
+		return stored, nil
+	}
+}
+
+// set writes one entry; ttl 0 means none.
+func (b *Badger) set(key string, value []byte, ttl time.Duration) error {
+	// Update commits before returning, and a committed entry has been copied
+	// into the memtable, so value is not retained.
+	return b.db.Update(func(txn *badger.Txn) error {
+		return txn.SetEntry(entry(key, value, ttl))
+	})
+}
+
+// entry builds the Badger entry for a write. Its user meta marks it as a
+// put: Badger's subscriptions do not say whether an update is a deletion,
+// and a tombstone carries user meta 0. ttl 0 means no expiry; otherwise the
+// expiry is rounded up to the next whole second (Badger's resolution, and
+// Entry.WithTTL would round down, letting a key vanish up to 1 s early).
+func entry(key string, value []byte, ttl time.Duration) *badger.Entry {
+	e := badger.NewEntry(dbKey(key), value).WithMeta(metaPut)
+	if ttl > 0 {
+		at := time.Now().Add(ttl)
+		e.ExpiresAt = uint64(at.Unix())
+		if at.Nanosecond() > 0 {
+			e.ExpiresAt++
+		}
+	}
+	return e
 }
 
 // Delete implements Store. Badger writes a tombstone whether or not the key
@@ -185,13 +277,21 @@ func (b *Badger) List(ctx context.Context, prefix string) ([]KV, error) {
 	return out, nil
 }
 
-// Close implements Store: it stops value-log GC, waits for calls in progress
-// and closes the database.
+// Close implements Store: it waits for calls in progress, ends every Watch,
+// stops the subscription, the expiry sweep and value-log GC, and closes the
+// database.
 func (b *Badger) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
 		b.closed = true
 		b.mu.Unlock()
+		b.watch.stopAll()
+		b.subMu.Lock()
+		if b.subCancel != nil {
+			b.subCancel()
+		}
+		b.subMu.Unlock()
+		b.bg.Wait() // the subscription and sweep read db
 		close(b.stop)
 		b.gcDone.Wait() // RunValueLogGC must not race db.Close
 		if err := b.db.Close(); err != nil {

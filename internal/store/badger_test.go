@@ -33,6 +33,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestBadger(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	storetest.Run(t, func(t *testing.T) store.Store {
 		// The directory is named after the test, so a second open in the
@@ -43,6 +44,10 @@ func TestBadger(t *testing.T) {
 			t.Fatal(err)
 		}
 		return s
+	}, storetest.Options{
+		// Badger locks its directory: one handle, hence one process, per
+		// store, so there is no second handle whose changes to watch.
+		SharedWatch: false,
 	})
 }
 

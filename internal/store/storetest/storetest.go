@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite for store.Store: every
-// implementation (Badger now, Redis later) runs Run from its own tests, so the
+// implementation (Badger, Redis) runs Run from its own tests, so the
 // semantics documented on store.Store hold whichever one a node uses.
 //
 // It is a test helper: only _test.go files and other helpers may import it.
@@ -20,16 +20,34 @@ import (
 	"github.com/weft-dev/weft/internal/store"
 )
 
+// Options tell Run what a backend can do beyond what every Store must.
+type Options struct {
+	// SharedWatch means that open may be called again while an earlier
+	// handle of the same test is still open, and gives a second handle on
+	// the same data, as a second node sharing a Redis server has. Run then
+	// checks that each handle's Watch sees the other's writes and expiries.
+	// Badger allows one handle per directory, so it leaves this false.
+	SharedWatch bool
+
+	// ExpiryByResync means that watchers learn of expired keys only from a
+	// periodic Change{Resync: true}, not from a Deleted change, as on a Redis
+	// server that refuses keyspace notifications. The expiry checks then wait
+	// for a Resync after which the key is gone.
+	ExpiryByResync bool
+}
+
 // Run checks that the stores made by open behave as store.Store documents. Its
-// subtests run in parallel.
+// subtests run in parallel, and take a few seconds because TTLs are real.
 //
 // open must return a new handle on the storage that belongs to t, identified
 // by t.Name(): the first call for a test gives an empty store, and a later
 // call with the same t, made after the earlier handle was closed, gives a
 // handle on the same data (that is how the suite checks that values survive
-// Close). Different tests must never see each other's keys. The suite closes
-// every handle it opens; Close is idempotent, so open may also close the
-// handle in t.Cleanup. For example, for an on-disk store:
+// Close). With opts.SharedWatch, open may also be called again while an
+// earlier handle is open. Different tests must never see each other's keys,
+// nor each other's changes in Watch. The suite closes every handle it opens;
+// Close is idempotent, so open may also close the handle in t.Cleanup. For
+// example, for an on-disk store:
 //
 //	base := t.TempDir()
 //	storetest.Run(t, func(t *testing.T) store.Store {
@@ -38,8 +56,8 @@ import (
 //			t.Fatal(err)
 //		}
 //		return s
-//	})
-func Run(t *testing.T, open func(t *testing.T) store.Store) {
+//	}, storetest.Options{})
+func Run(t *testing.T, open func(t *testing.T) store.Store, opts Options) {
 	t.Helper()
 	tests := []struct {
 		name string
@@ -60,6 +78,16 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Reopen", testReopen},
 		{"ContextDone", testContextDone},
 		{"Closed", testClosed},
+		{"TTL", testTTL},
+		{"InvalidTTL", testInvalidTTL},
+		{"PutIfAbsent", testPutIfAbsent},
+		{"PutIfAbsentConcurrent", testPutIfAbsentConcurrent},
+		{"Watch", func(t *testing.T, open func(t *testing.T) store.Store) { testWatch(t, open, opts) }},
+		{"WatchLiteralPrefix", testWatchLiteralPrefix},
+		{"WatchEnds", testWatchEnds},
+		{"WatchSlowWatcher", testWatchSlowWatcher},
+		{"WatchAfterReopen", func(t *testing.T, open func(t *testing.T) store.Store) { testWatchAfterReopen(t, open, opts) }},
+		{"WatchSharedHandles", func(t *testing.T, open func(t *testing.T) store.Store) { testWatchShared(t, open, opts) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -278,6 +306,12 @@ func testInvalidKeys(t *testing.T, open func(t *testing.T) store.Store) {
 		if err := s.Delete(ctx, key); !errors.Is(err, store.ErrInvalidKey) {
 			t.Errorf("Delete(%s key) = %v, want ErrInvalidKey", name, err)
 		}
+		if err := s.PutTTL(ctx, key, []byte("v"), time.Minute); !errors.Is(err, store.ErrInvalidKey) {
+			t.Errorf("PutTTL(%s key) = %v, want ErrInvalidKey", name, err)
+		}
+		if ok, err := s.PutIfAbsent(ctx, key, []byte("v"), 0); ok || !errors.Is(err, store.ErrInvalidKey) {
+			t.Errorf("PutIfAbsent(%s key) = %v, %v; want false, ErrInvalidKey", name, ok, err)
+		}
 	}
 	wantList(t, s, "", nil)
 }
@@ -442,6 +476,15 @@ func testContextDone(t *testing.T, open func(t *testing.T) store.Store) {
 		if _, err := s.List(ctx, ""); !errors.Is(err, want) {
 			t.Errorf("List with %s ctx = %v, want an error wrapping %v", name, err, want)
 		}
+		if err := s.PutTTL(ctx, "new", []byte("v"), time.Minute); !errors.Is(err, want) {
+			t.Errorf("PutTTL with %s ctx = %v, want an error wrapping %v", name, err, want)
+		}
+		if ok, err := s.PutIfAbsent(ctx, "new", []byte("v"), 0); ok || !errors.Is(err, want) {
+			t.Errorf("PutIfAbsent with %s ctx = %v, %v; want false and an error wrapping %v", name, ok, err, want)
+		}
+		if ch, err := s.Watch(ctx, ""); ch != nil || !errors.Is(err, want) {
+			t.Errorf("Watch with %s ctx = %v, %v; want nil and an error wrapping %v", name, ch, err, want)
+		}
 	}
 	// A call refused for its context has no effect.
 	wantList(t, s, "", []store.KV{{Key: "kept", Value: []byte("v")}})
@@ -468,6 +511,15 @@ func testClosed(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if _, err := s.List(ctx, ""); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("List after Close = %v, want ErrClosed", err)
+	}
+	if err := s.PutTTL(ctx, "k", []byte("v"), time.Minute); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("PutTTL after Close = %v, want ErrClosed", err)
+	}
+	if ok, err := s.PutIfAbsent(ctx, "new", []byte("v"), 0); ok || !errors.Is(err, store.ErrClosed) {
+		t.Errorf("PutIfAbsent after Close = %v, %v; want false, ErrClosed", ok, err)
+	}
+	if ch, err := s.Watch(ctx, ""); ch != nil || !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Watch after Close = %v, %v; want nil, ErrClosed", ch, err)
 	}
 }
 
