@@ -55,6 +55,12 @@ type Functions interface {
 	Acquire(ctx context.Context, name string) (addr string, release func(error), err error)
 }
 
+// RemoteFunctions lists other nodes that run a function; Registry
+// implements it.
+type RemoteFunctions interface {
+	Endpoints(function string) []string
+}
+
 // Identity is the node's own SPIFFE identity and trust bundle, used to
 // originate mutual TLS to Services that ask for it without their own
 // client certificate.
@@ -73,6 +79,10 @@ type Config struct {
 	// Clock drives latency averages, ejections and budgets; nil is the
 	// system clock.
 	Clock Clock
+	// Remote, when set, names other nodes' inbound listeners for functions
+	// this node does not run (the Registry); calls to them go over mutual
+	// TLS with the node's identity.
+	Remote RemoteFunctions
 	// Workloads, when set, tells which function a proxied call comes from
 	// (its HTTP_PROXY credentials), so that function's SVID is presented to
 	// Services with tls.mode mutual instead of the node's.
@@ -90,6 +100,9 @@ type Router struct {
 	fns      Functions
 	services atomic.Pointer[map[string]*service]
 	plain    *http.Transport // to function instances on loopback
+
+	remoteMu sync.Mutex
+	remote   map[string]*service // function → its other nodes, rebuilt when they change
 }
 
 // New returns a Router with no Services. fns may be nil (no functions).
@@ -100,7 +113,7 @@ func New(cfg Config, fns Functions, log *slog.Logger) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{cfg: cfg, clk: cfg.Clock, log: log, fns: fns, plain: newTransport(nil)}
+	r := &Router{cfg: cfg, clk: cfg.Clock, log: log, fns: fns, plain: newTransport(nil), remote: map[string]*service{}}
 	empty := map[string]*service{}
 	r.services.Store(&empty)
 	return r
@@ -133,6 +146,7 @@ type service struct {
 	transport *http.Transport
 	identity  *Identity
 	clk       Clock
+	host      string   // when set, the Host header of every request (a remote node's inbound picks the function by it)
 	callers   sync.Map // SPIFFE ID → *http.Transport presenting that caller's SVID
 }
 
@@ -313,7 +327,10 @@ func (r *Router) Resolves(host string) bool {
 	if _, ok := (*r.services.Load())[name]; ok {
 		return true
 	}
-	return r.fns != nil && r.fns.Has(name)
+	if r.fns != nil && r.fns.Has(name) {
+		return true
+	}
+	return r.cfg.Remote != nil && len(r.cfg.Remote.Endpoints(name)) > 0
 }
 
 func hostname(host string) string {
@@ -351,7 +368,61 @@ func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) 
 	if r.fns != nil && r.fns.Has(name) {
 		return r.callFunction(req, name)
 	}
+	if s := r.remoteService(name); s != nil {
+		return s.do(req, r.clk)
+	}
 	return nil, fmt.Errorf("%q: %w", name, ErrUnknownHost)
+}
+
+// remoteService returns the routing state of a function that only other
+// nodes run: their inbound listeners as endpoints, mutual TLS with the
+// node's identity, connection failures retried. Endpoint statistics last as
+// long as the set of nodes does not change.
+func (r *Router) remoteService(function string) *service {
+	if r.cfg.Remote == nil || r.cfg.Identity == nil {
+		return nil
+	}
+	urls := r.cfg.Remote.Endpoints(function)
+	if len(urls) == 0 {
+		return nil
+	}
+	r.remoteMu.Lock()
+	defer r.remoteMu.Unlock()
+	if s, ok := r.remote[function]; ok && sameAddrs(s.eps, urls) {
+		return s
+	}
+	svc := &Service{Name: function, LoadBalancer: LoadBalancerP2CEWMA, Timeout: 30 * time.Second,
+		TLS:              ServiceTLS{Mode: TLSMutual},
+		Retries:          ServiceRetries{Attempts: 2, BudgetPercent: 20},
+		OutlierDetection: ServiceOutlierDetection{ConsecutiveFailures: 3, EjectionTime: 10 * time.Second}}
+	for _, raw := range urls {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			r.log.Warn("ignoring a malformed registry entry", "function", function, "inbound", raw)
+			continue
+		}
+		svc.Endpoints = append(svc.Endpoints, u)
+	}
+	s, err := r.build(svc, r.remote[function])
+	if err != nil {
+		r.log.Warn("cannot route to other nodes", "function", function, "err", err)
+		return nil
+	}
+	s.host = function
+	r.remote[function] = s
+	return s
+}
+
+func sameAddrs(eps []*Endpoint, urls []string) bool {
+	if len(eps) != len(urls) {
+		return false
+	}
+	for i, ep := range eps {
+		if ep.Addr != urls[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // callFunction sends req to an instance of the function through the pool.
@@ -437,6 +508,9 @@ func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk 
 	out := req.Clone(tryCtx)
 	target := s.urls[ep]
 	out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
+	if s.host != "" {
+		out.Host = s.host
+	}
 	out.RequestURI = ""
 	if req.GetBody != nil {
 		body, err := req.GetBody()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -525,6 +526,18 @@ func (p *Pool) Deliver(ctx context.Context, target string, ev event.Event) (*eve
 		return nil, fmt.Errorf("function %q instance %s: %w", name, in.id, err)
 	}
 	return reply, nil
+}
+
+// Names lists the applied functions, sorted.
+func (p *Pool) Names() []string {
+	p.mu.Lock()
+	names := make([]string, 0, len(p.fns))
+	for name := range p.fns {
+		names = append(names, name)
+	}
+	p.mu.Unlock()
+	sort.Strings(names)
+	return names
 }
 
 // Has reports whether a function of that name is applied.

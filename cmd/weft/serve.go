@@ -44,6 +44,8 @@ type serveOptions struct {
 	natsAddr      string
 	routerAddr    string
 	storeURL      string
+	inbound       string
+	node          string
 	relaxedSync   bool
 	maxEventBytes int64
 	dedupWindow   time.Duration
@@ -70,7 +72,9 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "address of the ingress, API, health and metrics")
 	f.StringVar(&o.natsAddr, "nats", "127.0.0.1:4222", `address NATS clients connect to ("" = in-process only)`)
 	f.StringVar(&o.routerAddr, "router", "127.0.0.1:8081", "address of the router (workers' HTTP_PROXY)")
-	f.StringVar(&o.storeURL, "store", "", `control-plane store: "" = Badger under --data`)
+	f.StringVar(&o.storeURL, "store", "", `control-plane store: "" = Badger under --data, or redis://host:port/db shared by several nodes`)
+	f.StringVar(&o.node, "node", "", "this node's name among those sharing a store (default: the host name)")
+	f.StringVar(&o.inbound, "inbound", "", `address of the mutual-TLS listener other nodes reach this node's functions at ("" = none); with it the node announces its functions in the store's registry`)
 	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
 	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 960 KiB)")
 	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
@@ -98,9 +102,6 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	if !isLoopback(o.httpAddr) && g.token == "" {
 		return withCode(exitUsage, fmt.Errorf("--http %s is not loopback: the API can start processes, so set --api-token (or WEFT_API_TOKEN)", o.httpAddr))
 	}
-	if o.storeURL != "" {
-		return withCode(exitUsage, fmt.Errorf("--store %q: only the embedded Badger store is available in this version", o.storeURL))
-	}
 	// A bad manifest stops serve before anything starts (exit 3), as caddy does.
 	if len(o.files) > 0 {
 		if err := checkManifests(o.files); err != nil {
@@ -110,7 +111,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	if err := os.MkdirAll(o.data, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	st, err := store.OpenBadger(filepath.Join(o.data, "store"), log.With("component", "store"))
+	st, err := openStore(o, log.With("component", "store"))
 	if err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	backlog := &triggerBacklog{}
 	meter := workers.NewMeter(workers.MeterConfig{}, log.With("component", "meter"))
 	reg.MustRegister(meter.Collector())
-	identity, nodeSVID, ca, err := nodeIdentity(ctx, st, o.trustDomain, log.With("component", "identity"))
+	identity, nodeSVID, ca, err := nodeIdentity(ctx, st, o.trustDomain, nodeName(o.node), log.With("component", "identity"))
 	if err != nil {
 		return err
 	}
@@ -135,7 +136,24 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		return err
 	}
 	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter, Identities: workloads}, log.With("component", "workers"))
-	rtr := router.New(router.Config{Identity: identity, Workloads: workloads}, pool, log.With("component", "router"))
+	rcfg := router.Config{Identity: identity, Workloads: workloads}
+	var registry *router.Registry
+	var inbound *router.Inbound
+	if o.inbound != "" {
+		registry, err = router.NewRegistry(router.RegistryConfig{Node: nodeName(o.node), Inbound: "https://" + o.inbound}, st, pool.Names, log.With("component", "registry"))
+		if err != nil {
+			return withCode(exitUsage, err)
+		}
+		rcfg.Remote = registry
+	}
+	rtr := router.New(rcfg, pool, log.With("component", "router"))
+	if o.inbound != "" {
+		authz, err := router.NewAuthorizerIDs(identity.Domain, nil, nil) // any identity of the trust domain
+		if err != nil {
+			return err
+		}
+		inbound = router.NewInbound(o.inbound, rtr, router.ServerTLS(identity.SVID, identity.Bundle, authz), log.With("component", "inbound"))
+	}
 	proxy := router.NewProxy(o.routerAddr, rtr, log.With("component", "router"))
 	client := router.NewClient(nil, rtr)
 	deliver := broker.DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
@@ -196,6 +214,10 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	grp.Go(func() error { return proxy.Run(lower) })
 	grp.Go(func() error { return nodeSVID.Run(lower) })
 	grp.Go(func() error { return workloads.Run(lower) })
+	if inbound != nil {
+		grp.Go(func() error { return inbound.Run(lower) })
+		grp.Go(func() error { return registry.Run(lower) })
+	}
 	grp.Go(func() error { return meter.Run(lower) })
 	grp.Go(func() error {
 		defer stopLower()
@@ -273,7 +295,7 @@ func (t *triggerBacklog) Backlog(function string) int {
 // nodeIdentity loads (or creates, on first start) the node's CA from the
 // store and issues the node's own SVID, spiffe://<domain>/node/<hostname>,
 // which the router presents when it originates mutual TLS.
-func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.Logger) (*router.Identity, *router.SVIDSource, *router.CA, error) {
+func nodeIdentity(ctx context.Context, st store.Store, domain, node string, log *slog.Logger) (*router.Identity, *router.SVIDSource, *router.CA, error) {
 	td, err := spiffeid.TrustDomainFromString(domain)
 	if err != nil {
 		return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", domain, err))
@@ -282,11 +304,7 @@ func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("certificate authority: %w", err)
 	}
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "local"
-	}
-	id, err := spiffeid.FromSegments(td, "node", host)
+	id, err := spiffeid.FromSegments(td, "node", node)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("node identity: %w", err)
 	}
@@ -295,4 +313,33 @@ func nodeIdentity(ctx context.Context, st store.Store, domain string, log *slog.
 		return nil, nil, nil, fmt.Errorf("node identity: %w", err)
 	}
 	return &router.Identity{SVID: src, Bundle: ca.Bundle(), Domain: td}, src, ca, nil
+}
+
+// nodeName identifies this node among those sharing a store: --node, or
+// the host name.
+func nodeName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return "local"
+	}
+	return host
+}
+
+// openStore opens the control-plane store --store names: Badger under
+// --data by default, or a Redis shared by several nodes.
+func openStore(o serveOptions, log *slog.Logger) (store.Store, error) {
+	switch {
+	case o.storeURL == "":
+		return store.OpenBadger(filepath.Join(o.data, "store"), log)
+	case strings.HasPrefix(o.storeURL, "redis://"), strings.HasPrefix(o.storeURL, "rediss://"):
+		st, err := store.OpenRedis(o.storeURL, log)
+		if err != nil {
+			return nil, fmt.Errorf("--store: %w", err)
+		}
+		return st, nil
+	}
+	return nil, withCode(exitUsage, fmt.Errorf("--store %q: want empty (Badger) or redis://host:port/db", o.storeURL))
 }
