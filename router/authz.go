@@ -93,11 +93,16 @@ func (a *Authorizer) Authorize(id spiffeid.ID) error {
 		}
 		err = fmt.Errorf("%w: %s is not in the allow list", ErrNotAllowed, id)
 	}
+	a.deny()
+	return err
+}
+
+// deny counts one refused call.
+func (a *Authorizer) deny() {
 	a.denials.Add(1)
 	if a.counter != nil {
 		a.counter.Inc()
 	}
-	return err
 }
 
 // TLSAuthorizer adapts a to go-spiffe's tlsconfig.Authorizer, which is called

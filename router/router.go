@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -79,6 +80,9 @@ type Config struct {
 	// Clock drives latency averages, ejections and budgets; nil is the
 	// system clock.
 	Clock Clock
+	// Denied, when set, counts calls refused by a Service's allow list, by
+	// service.
+	Denied *prometheus.CounterVec
 	// Remote, when set, names other nodes' inbound listeners for functions
 	// this node does not run (the Registry); calls to them go over mutual
 	// TLS with the node's identity.
@@ -146,8 +150,9 @@ type service struct {
 	transport *http.Transport
 	identity  *Identity
 	clk       Clock
-	host      string   // when set, the Host header of every request (a remote node's inbound picks the function by it)
-	callers   sync.Map // SPIFFE ID → *http.Transport presenting that caller's SVID
+	host      string      // when set, the Host header of every request (a remote node's inbound picks the function by it)
+	authz     *Authorizer // the Service's allow list; nil when it has none
+	callers   sync.Map    // SPIFFE ID → *http.Transport presenting that caller's SVID
 }
 
 // transportFor returns the transport of a call from caller (nil: the node):
@@ -241,6 +246,18 @@ func (r *Router) build(svc *Service, prev *service) (*service, error) {
 	}
 	s := &service{svc: svc, routes: routes, bal: bal, outlier: outlier, budget: budget, policy: policy,
 		urls: map[*Endpoint]*url.URL{}, identity: r.cfg.Identity, clk: r.clk}
+	if len(svc.Allow) > 0 {
+		if r.cfg.Identity == nil {
+			return nil, errors.New("allow needs weft's identities (the node runs without a CA)")
+		}
+		var denied prometheus.Counter
+		if r.cfg.Denied != nil {
+			denied = r.cfg.Denied.WithLabelValues(svc.Name)
+		}
+		if s.authz, err = NewAuthorizerIDs(r.cfg.Identity.Domain, svc.Allow, denied); err != nil {
+			return nil, err
+		}
+	}
 	if prev != nil && prev.svc.TLS == svc.TLS {
 		s.transport = prev.transport
 	} else if s.transport, err = r.transportFor(svc); err != nil {
@@ -353,6 +370,9 @@ func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) 
 	}
 	name := hostname(req.URL.Host)
 	if s, ok := (*r.services.Load())[name]; ok {
+		if err := s.authorize(req.Context()); err != nil {
+			return nil, err
+		}
 		backend, ok := s.routes.Select(req, nil)
 		if !ok {
 			return nil, fmt.Errorf("service %s: %w", name, ErrNoRoute)
@@ -372,6 +392,24 @@ func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) 
 		return s.do(req, r.clk)
 	}
 	return nil, fmt.Errorf("%q: %w", name, ErrUnknownHost)
+}
+
+// authorize applies the Service's allow list to the calling function: with
+// a list, only the functions on it may call (a call that carries no function
+// identity is refused too); without one, anyone may.
+func (s *service) authorize(ctx context.Context) error {
+	if s.authz == nil {
+		return nil
+	}
+	caller := callerOf(ctx)
+	if caller == nil {
+		s.authz.deny()
+		return fmt.Errorf("service %s: %w: the call carries no function identity", s.svc.Name, ErrNotAllowed)
+	}
+	if err := s.authz.Authorize(caller.ID()); err != nil {
+		return fmt.Errorf("service %s: %w", s.svc.Name, err)
+	}
+	return nil
 }
 
 // remoteService returns the routing state of a function that only other
@@ -636,6 +674,8 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		switch {
 		case errors.Is(err, ErrUnknownHost), errors.Is(err, ErrNoRoute):
 			status = http.StatusNotFound
+		case errors.Is(err, ErrNotAllowed):
+			status = http.StatusForbidden
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrPerTryTimeout):
 			status = http.StatusGatewayTimeout
 		}

@@ -8,12 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/weft-dev/weft/internal/store"
@@ -65,9 +68,15 @@ func TestWorkloadIdentityThroughProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := New(Config{Identity: &Identity{SVID: nodeSrc, Bundle: ca.Bundle(), Domain: td}, Workloads: wl}, nil, nil)
-	svc := serviceYAML(t, fmt.Sprintf("metadata: {name: vault}\nspec:\n  endpoints: [\"https://%s\"]\n  tls: {mode: mutual}\n", ln.Addr()))
-	if err := r.SetServices([]*Service{svc}); err != nil {
+	denied := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "denied"}, []string{"service"})
+	r := New(Config{Identity: &Identity{SVID: nodeSrc, Bundle: ca.Bundle(), Domain: td}, Workloads: wl, Denied: denied}, nil, nil)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "guarded") }))
+	defer plain.Close()
+	err = r.SetServices([]*Service{
+		serviceYAML(t, fmt.Sprintf("metadata: {name: vault}\nspec:\n  endpoints: [\"https://%s\"]\n  tls: {mode: mutual}\n", ln.Addr())),
+		serviceYAML(t, fmt.Sprintf("metadata: {name: guarded}\nspec:\n  endpoints: [%q]\n  allow: [\"spiffe://weft.local/fn/trusted\"]\n", plain.URL)),
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	p := NewProxy(proxyAddr, r, nil)
@@ -77,14 +86,14 @@ func TestWorkloadIdentityThroughProxy(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	<-p.Ready()
 
-	call := func(proxyURL string) (int, string) {
+	callVia := func(t *testing.T, proxyURL, target string) (int, string) {
 		t.Helper()
 		u, err := url.Parse(proxyURL)
 		if err != nil {
 			t.Fatal(err)
 		}
 		c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
-		resp, err := c.Get("http://vault/")
+		resp, err := c.Get(target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,6 +101,7 @@ func TestWorkloadIdentityThroughProxy(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
+	call := func(proxyURL string) (int, string) { return callVia(t, proxyURL, "http://vault/") }
 	trusted, err := wl.Env("trusted", -1, -1)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +119,20 @@ func TestWorkloadIdentityThroughProxy(t *testing.T) {
 	forged := strings.Replace(trusted["HTTP_PROXY"], "trusted:", "trusted:0000", 1)
 	if code, _ := call(forged); code == 200 {
 		t.Fatal("a forged token passed as the trusted function")
+	}
+
+	// The router enforces a Service's allow list itself: 403, counted.
+	if code, body := callVia(t, trusted["HTTP_PROXY"], "http://guarded/"); code != 200 || body != "guarded" {
+		t.Fatalf("allowed caller: %d %q", code, body)
+	}
+	if code, _ := callVia(t, other["HTTP_PROXY"], "http://guarded/"); code != http.StatusForbidden {
+		t.Fatalf("a function outside the allow list: %d, want 403", code)
+	}
+	if code, _ := callVia(t, "http://"+proxyAddr, "http://guarded/"); code != http.StatusForbidden {
+		t.Fatalf("a call without identity: %d, want 403", code)
+	}
+	if n := promtest.ToFloat64(denied.WithLabelValues("guarded")); n != 2 {
+		t.Fatalf("denials counted %v, want 2", n)
 	}
 
 	// The files hold the function's SVID, verifiable with the CA file.

@@ -46,6 +46,8 @@ type serveOptions struct {
 	storeURL      string
 	inbound       string
 	node          string
+	caCert        string
+	caKey         string
 	relaxedSync   bool
 	maxEventBytes int64
 	dedupWindow   time.Duration
@@ -73,6 +75,8 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.natsAddr, "nats", "127.0.0.1:4222", `address NATS clients connect to ("" = in-process only)`)
 	f.StringVar(&o.routerAddr, "router", "127.0.0.1:8081", "address of the router (workers' HTTP_PROXY)")
 	f.StringVar(&o.storeURL, "store", "", `control-plane store: "" = Badger under --data, or redis://host:port/db shared by several nodes`)
+	f.StringVar(&o.caCert, "ca-cert", "", "PEM certificate (and chain) of a CA to issue identities with, instead of the built-in one kept in the store")
+	f.StringVar(&o.caKey, "ca-key", "", "PEM private key of --ca-cert")
 	f.StringVar(&o.node, "node", "", "this node's name among those sharing a store (default: the host name)")
 	f.StringVar(&o.inbound, "inbound", "", `address of the mutual-TLS listener other nodes reach this node's functions at ("" = none); with it the node announces its functions in the store's registry`)
 	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
@@ -127,7 +131,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	backlog := &triggerBacklog{}
 	meter := workers.NewMeter(workers.MeterConfig{}, log.With("component", "meter"))
 	reg.MustRegister(meter.Collector())
-	identity, nodeSVID, ca, err := nodeIdentity(ctx, st, o.trustDomain, nodeName(o.node), log.With("component", "identity"))
+	identity, nodeSVID, ca, err := nodeIdentity(ctx, st, o, log.With("component", "identity"))
 	if err != nil {
 		return err
 	}
@@ -136,7 +140,11 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		return err
 	}
 	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter, Identities: workloads}, log.With("component", "workers"))
-	rcfg := router.Config{Identity: identity, Workloads: workloads}
+	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "weft_router_denied_total", Help: "Calls to a Service refused by its allow list, by service.",
+	}, []string{"service"})
+	reg.MustRegister(denied)
+	rcfg := router.Config{Identity: identity, Workloads: workloads, Denied: denied}
 	var registry *router.Registry
 	var inbound *router.Inbound
 	if o.inbound != "" {
@@ -295,15 +303,28 @@ func (t *triggerBacklog) Backlog(function string) int {
 // nodeIdentity loads (or creates, on first start) the node's CA from the
 // store and issues the node's own SVID, spiffe://<domain>/node/<hostname>,
 // which the router presents when it originates mutual TLS.
-func nodeIdentity(ctx context.Context, st store.Store, domain, node string, log *slog.Logger) (*router.Identity, *router.SVIDSource, *router.CA, error) {
-	td, err := spiffeid.TrustDomainFromString(domain)
+func nodeIdentity(ctx context.Context, st store.Store, o serveOptions, log *slog.Logger) (*router.Identity, *router.SVIDSource, *router.CA, error) {
+	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
 	if err != nil {
-		return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", domain, err))
+		return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err))
 	}
-	ca, err := router.LoadOrCreateCA(ctx, st, td.Name(), router.SystemClock{})
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("certificate authority: %w", err)
+	var ca *router.CA
+	switch {
+	case o.caCert != "" || o.caKey != "":
+		certPEM, err1 := os.ReadFile(o.caCert)
+		keyPEM, err2 := os.ReadFile(o.caKey)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--ca-cert/--ca-key: %w", err))
+		}
+		if ca, err = router.NewCAFromPEM(certPEM, keyPEM, td.Name(), router.SystemClock{}); err != nil {
+			return nil, nil, nil, withCode(exitUsage, fmt.Errorf("--ca-cert/--ca-key: %w", err))
+		}
+	default:
+		if ca, err = router.LoadOrCreateCA(ctx, st, td.Name(), router.SystemClock{}); err != nil {
+			return nil, nil, nil, fmt.Errorf("certificate authority: %w", err)
+		}
 	}
+	node := nodeName(o.node)
 	id, err := spiffeid.FromSegments(td, "node", node)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("node identity: %w", err)
