@@ -11,17 +11,25 @@ import (
 	"github.com/weft-dev/weft/internal/testutil"
 )
 
+// TestFreePort: the port is free to listen on. Another process may take a
+// port between FreePort closing it and the caller binding it (the helper's
+// known race, which parallel tests opening many connections can hit), so a
+// collision is retried with a fresh port before the test fails.
 func TestFreePort(t *testing.T) {
 	t.Parallel()
-	port := testutil.FreePort(t)
-	if port <= 0 || port > 65535 {
-		t.Fatalf("FreePort = %d", port)
+	var err error
+	for range 3 {
+		port := testutil.FreePort(t)
+		if port <= 0 || port > 65535 {
+			t.Fatalf("FreePort = %d", port)
+		}
+		var l net.Listener
+		if l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			_ = l.Close()
+			return
+		}
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		t.Fatalf("listen on the free port: %v", err)
-	}
-	_ = l.Close()
+	t.Fatalf("listen on the free port: %v", err)
 }
 
 func TestFreeAddr(t *testing.T) {
