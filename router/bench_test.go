@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/weft-dev/weft/internal/store"
 )
 
 // BenchmarkRouterOverhead reports the latency (p50, p99) and throughput of
@@ -28,18 +26,9 @@ func BenchmarkRouterOverhead(b *testing.B) {
 	}))
 	defer backend.Close()
 
-	st, err := store.OpenBadger(b.TempDir(), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	ca, err := LoadOrCreateCA(context.Background(), st, "weft.local", SystemClock{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ca := testCA(b)
 	td := ca.TrustDomain()
-	nodeSrc, _ := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/node/bench"), SystemClock{}, nil)
-	srvSrc, _ := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/svc/bench"), SystemClock{}, nil)
+	nodeSrc, srvSrc := testSVID(b, ca, "/node/bench"), testSVID(b, ca, "/svc/bench")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

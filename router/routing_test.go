@@ -255,25 +255,11 @@ spec:
 // to a Service whose server presents an SVID of weft's CA; the server's
 // allow list decides who gets in.
 func TestMutualTLSToService(t *testing.T) {
-	st, err := store.OpenBadger(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ca, err := LoadOrCreateCA(context.Background(), st, "weft.local", SystemClock{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testCA(t)
 	td := ca.TrustDomain()
-	nodeID := spiffeid.RequireFromPath(td, "/node/test")
-	nodeSrc, err := NewSVIDSource(ca, nodeID, SystemClock{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverSrc, err := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/svc/payments"), SystemClock{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodeSrc := testSVID(t, ca, "/node/test")
+	nodeID := nodeSrc.ID()
+	serverSrc := testSVID(t, ca, "/svc/payments")
 	serve := func(allow []spiffeid.ID) string {
 		authz, err := NewAuthorizerIDs(td, allow, nil)
 		if err != nil {
@@ -296,7 +282,7 @@ func TestMutualTLSToService(t *testing.T) {
 	denied := serve([]spiffeid.ID{spiffeid.RequireFromPath(td, "/fn/someone-else")})
 
 	r := New(Config{Identity: &Identity{SVID: nodeSrc, Bundle: ca.Bundle(), Domain: td}}, nil, nil)
-	err = r.SetServices([]*Service{
+	err := r.SetServices([]*Service{
 		serviceYAML(t, fmt.Sprintf("metadata: {name: payments}\nspec:\n  endpoints: [%q]\n  tls: {mode: mutual, spiffeID: %q}\n", allowed, "spiffe://weft.local/svc/payments")),
 		serviceYAML(t, fmt.Sprintf("metadata: {name: vault}\nspec:\n  endpoints: [%q]\n  tls: {mode: mutual}\n", denied)),
 	})
@@ -309,4 +295,30 @@ func TestMutualTLSToService(t *testing.T) {
 	if code, body := get(t, r, "http://vault/"); code == 200 {
 		t.Fatalf("a node outside the allow list got in: %q", body)
 	}
+}
+
+// testCA loads weft's built-in CA (trust domain weft.local) from a Badger
+// store in tb.TempDir(), as a node does on first start.
+func testCA(tb testing.TB) *CA {
+	tb.Helper()
+	st, err := store.OpenBadger(tb.TempDir(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = st.Close() })
+	ca, err := LoadOrCreateCA(context.Background(), st, "weft.local", SystemClock{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ca
+}
+
+// testSVID returns a renewing SVID source for path in ca's trust domain.
+func testSVID(tb testing.TB, ca *CA, path string) *SVIDSource {
+	tb.Helper()
+	src, err := NewSVIDSource(ca, spiffeid.RequireFromPath(ca.TrustDomain(), path), SystemClock{}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return src
 }

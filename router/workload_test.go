@@ -19,7 +19,6 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/weft-dev/weft/internal/store"
 	"github.com/weft-dev/weft/internal/testutil"
 )
 
@@ -29,24 +28,10 @@ import (
 // Service's allow list admits one function and refuses another, and a
 // forged token gets the node's identity, not the function's.
 func TestWorkloadIdentityThroughProxy(t *testing.T) {
-	st, err := store.OpenBadger(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ca, err := LoadOrCreateCA(context.Background(), st, "weft.local", SystemClock{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testCA(t)
 	td := ca.TrustDomain()
-	nodeSrc, err := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/node/test"), SystemClock{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvSrc, err := NewSVIDSource(ca, spiffeid.RequireFromPath(td, "/svc/vault"), SystemClock{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodeSrc := testSVID(t, ca, "/node/test")
+	srvSrc := testSVID(t, ca, "/svc/vault")
 	authz, err := NewAuthorizerIDs(td, []spiffeid.ID{spiffeid.RequireFromPath(td, "/fn/trusted")}, nil)
 	if err != nil {
 		t.Fatal(err)
