@@ -132,6 +132,7 @@ type Broker struct {
 	dispatchGate chan struct{} // closed by StartDispatching
 	gateOnce     sync.Once
 	inflight     chan struct{} // semaphore of publishes awaiting storage
+	batch        *batcher      // group commit of concurrent publishes
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -171,6 +172,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		metrics:      m,
 		deliverer:    d,
 		inflight:     make(chan struct{}, cfg.MaxInflight),
+		batch:        newBatcher(),
 		ready:        make(chan struct{}),
 		dispatchGate: make(chan struct{}),
 		runners:      map[string]*runner{},
@@ -317,7 +319,7 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 			Name: eventsStream, Subjects: []string{eventsSubject},
 			Description: "CloudEvents accepted by the ingress, until the dispatcher fanned them out",
 			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
-			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20,
+			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20, AllowAtomicPublish: true,
 		},
 		{
 			Name: deliveriesStream, Subjects: []string{deliverPrefix + ">"},

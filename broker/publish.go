@@ -7,10 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TTLExtension is Knative's hop counter: the ingress sets it on events that
@@ -37,6 +36,10 @@ func msgID(ev *event.Event) string {
 // an error wrapping ErrOverloaded when too many publishes are waiting, and
 // ErrUnavailable when storage did not confirm in time; then some events of the
 // slice may be stored and others not, and the caller must not acknowledge.
+//
+// Concurrent calls are committed together (group commit, see batch.go): their
+// events share atomic batches and so one fsync, and each call returns once
+// the batches holding its events are durable.
 func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	if len(evs) == 0 {
 		return nil
@@ -44,28 +47,30 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	if len(evs) > cap(b.inflight) {
 		return fmt.Errorf("%w: %d events, at most %d", ErrBatchTooLarge, len(evs), cap(b.inflight))
 	}
-	c := b.conn.Load()
-	if c == nil {
+	if b.conn.Load() == nil {
 		return fmt.Errorf("%w: broker not running", ErrUnavailable)
 	}
 	acquired := 0
-	defer func() {
+	release := func() {
 		for range acquired {
 			<-b.inflight
 		}
-	}()
+	}
 	for range evs {
 		select {
 		case b.inflight <- struct{}{}:
 			acquired++
 		default:
+			release()
 			return ErrOverloaded
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
 	defer cancel()
 
-	futures := make([]jetstream.PubAckFuture, 0, len(evs))
+	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
+	items := make([]storeItem, len(evs))
+	now := time.Now()
 	for i := range evs {
 		ev := &evs[i]
 		if _, ok := ev.Extensions()[TTLExtension]; !ok {
@@ -73,32 +78,23 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		}
 		body, err := json.Marshal(ev)
 		if err != nil {
+			release()
 			return fmt.Errorf("encode event %q: %w", ev.ID(), err)
 		}
-		msg := nats.NewMsg(eventsSubject)
-		msg.Data = body
-		f, err := c.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID(ev)), jetstream.WithExpectStream(eventsStream))
-		if err != nil {
-			return fmt.Errorf("%w: publish: %v", ErrUnavailable, err)
-		}
-		futures = append(futures, f)
+		items[i] = storeItem{id: msgID(ev), data: body, call: call, at: now}
 	}
-	for _, f := range futures {
-		select {
-		case ack := <-f.Ok():
-			if ack.Duplicate {
-				b.metrics.Duplicates.Inc()
-			} else {
-				b.metrics.Stored.Inc()
-			}
-		case err := <-f.Err():
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)
-			}
-			return ctx.Err()
+	// From here the in-flight slots are released as the events resolve
+	// (storeCall.resolve), not when Store returns.
+	b.batcher().enqueue(b, items)
+	select {
+	case <-call.done:
+		call.mu.Lock()
+		defer call.mu.Unlock()
+		return call.err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)
 		}
+		return ctx.Err()
 	}
-	return nil
 }

@@ -1,0 +1,321 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Group commit. With SyncAlways JetStream fsyncs every message on its own, so
+// concurrent Store calls share one fsync instead: their events go into one
+// queue per broker, and a committer takes up to batchMax of them and stores
+// them as one atomic batch (ADR-50; the stream has AllowAtomicPublish). The
+// server stages the batch and commits it with a single fsync of the stream
+// before it answers the commit request, so every event of a batch is durable
+// once the commit is acknowledged, and none is stored when it is refused.
+// A Store call returns only when every batch holding its events committed.
+//
+// Bounds: a committer sends at once what is queued when no other commit is in
+// flight (so a lone event never waits for companions); while another commit
+// is in flight it waits at most batchWindow after the oldest queued event, or
+// until batchMax events are queued. At most batchCommitters batches are in
+// flight; the server allows 50 per stream (streamMaxAtomicBatchInflightPerStream)
+// and 1000 events per batch (streamMaxAtomicBatchSize).
+const (
+	batchMax        = 100
+	batchWindow     = time.Millisecond
+	batchCommitters = 2
+)
+
+// Protocol of atomic batch publish (nats-server 2.12+).
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+	// errBatchDuplicate is JSAtomicPublishContainsDuplicateMessageErr: the
+	// server refuses a whole atomic batch when one of its Nats-Msg-Ids is in
+	// the dedup window (or twice in the batch); nothing of it is stored.
+	errBatchDuplicate = 10201
+)
+
+// storeItem is one encoded event waiting to be committed.
+type storeItem struct {
+	id   string // Nats-Msg-Id, from msgID
+	data []byte
+	call *storeCall
+	at   time.Time // when it was queued
+}
+
+// storeCall is one Store call waiting for all its events.
+type storeCall struct {
+	b    *Broker
+	mu   sync.Mutex
+	left int
+	err  error
+	done chan struct{}
+}
+
+// resolve records the outcome of one of the call's events and releases its
+// in-flight slot; the call is done once every event is resolved.
+func (c *storeCall) resolve(err error) {
+	<-c.b.inflight
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	c.left--
+	if c.left == 0 {
+		close(c.done)
+	}
+}
+
+// batcher is a broker's queue of events waiting to be committed.
+type batcher struct {
+	mu         sync.Mutex
+	queue      []storeItem
+	committers int           // goroutines running commitLoop
+	full       chan struct{} // closed when the queue reaches batchMax, if a committer waits
+	prefix     string        // random, so batch ids of different runs never meet
+	seq        atomic.Uint64
+
+	atomicBatches atomic.Uint64 // batches committed atomically
+	fallbacks     atomic.Uint64 // batches refused and published one by one
+}
+
+// newBatcher returns the group-commit queue of one broker.
+func newBatcher() *batcher {
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return &batcher{prefix: hex.EncodeToString(r[:])}
+}
+
+// batcher returns the broker's group-commit queue.
+func (b *Broker) batcher() *batcher { return b.batch }
+
+// enqueue queues items and makes sure a committer will take them.
+func (bt *batcher) enqueue(b *Broker, items []storeItem) {
+	bt.mu.Lock()
+	bt.queue = append(bt.queue, items...)
+	if len(bt.queue) >= batchMax && bt.full != nil {
+		close(bt.full)
+		bt.full = nil
+	}
+	start := bt.committers < batchCommitters
+	if start {
+		bt.committers++
+	}
+	bt.mu.Unlock()
+	if start {
+		go bt.commitLoop(b)
+	}
+}
+
+// commitLoop commits queued events batch after batch until the queue is
+// empty.
+func (bt *batcher) commitLoop(b *Broker) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		bt.mu.Lock()
+		if len(bt.queue) == 0 {
+			bt.committers--
+			bt.mu.Unlock()
+			return
+		}
+		if bt.committers > 1 && len(bt.queue) < batchMax {
+			if wait := time.Until(bt.queue[0].at.Add(batchWindow)); wait > 0 {
+				if bt.full == nil {
+					bt.full = make(chan struct{})
+				}
+				full := bt.full
+				bt.mu.Unlock()
+				timer.Reset(wait)
+				select {
+				case <-full:
+					timer.Stop()
+				case <-timer.C:
+				}
+				continue
+			}
+		}
+		n := min(len(bt.queue), batchMax)
+		batch := make([]storeItem, n)
+		copy(batch, bt.queue)
+		clear(bt.queue[:n]) // drop references for the collector
+		bt.queue = bt.queue[n:]
+		if len(bt.queue) == 0 {
+			bt.queue = nil // let the backing array go
+		}
+		bt.mu.Unlock()
+		b.commit(bt, batch)
+	}
+}
+
+// commit stores batch and resolves each of its events. Events with the same
+// Nats-Msg-Id are sent once; the later ones count as duplicates of the first.
+func (b *Broker) commit(bt *batcher, batch []storeItem) {
+	uniq := make([]int, 0, len(batch)) // indexes of first occurrences
+	first := make([]int, len(batch))   // index of each item's first occurrence
+	seen := make(map[string]int, len(batch))
+	for i, it := range batch {
+		if j, ok := seen[it.id]; ok {
+			first[i] = j
+			continue
+		}
+		seen[it.id] = i
+		first[i] = i
+		uniq = append(uniq, i)
+	}
+	results := make([]storeResult, len(batch))
+	c := b.conn.Load()
+	switch {
+	case c == nil:
+		for _, i := range uniq {
+			results[i] = storeResult{err: fmt.Errorf("%w: broker not running", ErrUnavailable)}
+		}
+	case len(uniq) == 1:
+		b.publishEach(c, batch, uniq, results)
+	default:
+		sent, err := b.publishAtomic(c, bt, batch, uniq)
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+			bt.atomicBatches.Add(1)
+		case errors.As(err, &apiErr) || !sent:
+			// The server refused the whole batch and stored none of it
+			// (typically one event is a duplicate, 10201, which must still
+			// be acknowledged), or the commit was never sent. Publish one by
+			// one, so each event gets its own answer and one bad event
+			// cannot fail the others.
+			bt.fallbacks.Add(1)
+			if apiErr == nil || apiErr.ErrorCode != errBatchDuplicate {
+				b.log.Warn("atomic batch not committed, publishing its events one by one", "events", len(uniq), "error", err)
+			}
+			b.publishEach(c, batch, uniq, results)
+		default:
+			// Unknown outcome (commit timed out, connection lost): nobody
+			// is acknowledged. A retry is safe: Nats-Msg-Id makes it
+			// idempotent.
+			for _, i := range uniq {
+				results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			}
+		}
+	}
+	for i, it := range batch {
+		r := results[first[i]]
+		if r.err == nil {
+			if first[i] != i || r.dup {
+				b.metrics.Duplicates.Inc()
+			} else {
+				b.metrics.Stored.Inc()
+			}
+		}
+		it.call.resolve(r.err)
+	}
+}
+
+type storeResult struct {
+	dup bool
+	err error
+}
+
+func eventMsg(it *storeItem) *nats.Msg {
+	msg := nats.NewMsg(eventsSubject)
+	msg.Data = it.data
+	msg.Header.Set(jetstream.MsgIDHeader, it.id)
+	msg.Header.Set(jetstream.ExpectedStreamHeader, eventsStream)
+	return msg
+}
+
+// batchAck is the server's answer to a batch commit: a PubAck with the batch
+// id and its size, or an API error.
+type batchAck struct {
+	Stream string              `json:"stream"`
+	Seq    uint64              `json:"seq"`
+	Batch  string              `json:"batch"`
+	Count  int                 `json:"count"`
+	Error  *jetstream.APIError `json:"error,omitempty"`
+}
+
+// publishAtomic sends batch[uniq] as one atomic batch: every message but the
+// last as a plain core-NATS publish, the last as a request carrying
+// Nats-Batch-Commit. It returns nil only when the server stored all of them;
+// a *jetstream.APIError when it refused the batch (then nothing is stored).
+// sent reports whether the commit request went out; if not, nothing can
+// have been stored.
+func (b *Broker) publishAtomic(c *conn, bt *batcher, batch []storeItem, uniq []int) (sent bool, err error) {
+	id := bt.prefix + "-" + strconv.FormatUint(bt.seq.Add(1), 36)
+	var last *nats.Msg
+	for n, i := range uniq {
+		msg := eventMsg(&batch[i])
+		msg.Header.Set(hdrBatchID, id)
+		msg.Header.Set(hdrBatchSeq, strconv.Itoa(n+1))
+		if n == len(uniq)-1 {
+			msg.Header.Set(hdrBatchCommit, "1")
+			last = msg
+			break
+		}
+		if err := c.nc.PublishMsg(msg); err != nil {
+			return false, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	defer cancel()
+	resp, err := c.nc.RequestMsgWithContext(ctx, last)
+	if err != nil {
+		return !errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, nats.ErrConnectionClosed), err
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return true, fmt.Errorf("batch commit answer %q: %w", resp.Data, err)
+	}
+	if ack.Error != nil {
+		return true, ack.Error
+	}
+	if ack.Stream != eventsStream || ack.Batch != id || ack.Count != len(uniq) {
+		return true, fmt.Errorf("unexpected batch commit answer %q", resp.Data)
+	}
+	return true, nil
+}
+
+// publishEach publishes batch[uniq] message by message, pipelined, and fills
+// results for them.
+func (b *Broker) publishEach(c *conn, batch []storeItem, uniq []int, results []storeResult) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	defer cancel()
+	futures := make([]jetstream.PubAckFuture, len(uniq))
+	for n, i := range uniq {
+		f, err := c.js.PublishMsgAsync(eventMsg(&batch[i]))
+		if err != nil {
+			results[i] = storeResult{err: fmt.Errorf("%w: publish: %v", ErrUnavailable, err)}
+			continue
+		}
+		futures[n] = f
+	}
+	for n, i := range uniq {
+		f := futures[n]
+		if f == nil {
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			results[i] = storeResult{dup: ack.Duplicate}
+		case err := <-f.Err():
+			results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		case <-ctx.Done():
+			results[i] = storeResult{err: fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)}
+		}
+	}
+}
