@@ -68,7 +68,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(
 		newServeCmd(g), newPublishCmd(g), newApplyCmd(g), newDeleteCmd(g), newGetCmd(g),
-		newDescribeCmd(g), newDLQCmd(g), newLogsCmd(g), newUsageCmd(g), newInvokeCmd(g), newVersionCmd(g),
+		newDescribeCmd(g), newDLQCmd(g), newLogsCmd(g), newUsageCmd(g), newInvokeCmd(g), newVersionCmd(g), newBenchCmd(g),
 	)
 	return root
 }

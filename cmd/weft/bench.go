@@ -1,0 +1,632 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+)
+
+// weft bench measures a scenario against weft and against a reference that
+// bounds it on the same machine, in one run, rounds interleaved (A B A B …),
+// and reports medians over rounds and the ratio weft ÷ reference (issue 5:
+// absolute figures mean little on shared machines, ratios do).
+
+func newBenchCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load generator: weft against a reference measured in the same run (throughput, latency percentiles, ratio)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withCode(exitUsage, errors.New("bench: name a scenario (ingest)"))
+		},
+	}
+	cmd.AddCommand(newBenchIngestCmd(g))
+	return cmd
+}
+
+// ingestConfig is one `weft bench ingest` run.
+type ingestConfig struct {
+	Server      string        // base URL of weft's ingress; events go to Server + "/"
+	Duration    time.Duration // length of one round on one side
+	Concurrency int           // closed-loop workers, one keep-alive connection each
+	Size        int           // bytes of event data per event
+	Rounds      int           // rounds; each runs weft then the reference
+	Mode        string        // binary, structured or batch (CloudEvents HTTP binding)
+	Batch       int           // events per request in batch mode
+}
+
+func (c ingestConfig) validate() error {
+	switch {
+	case c.Duration <= 0:
+		return fmt.Errorf("--duration %s: want more than 0", c.Duration)
+	case c.Concurrency < 1:
+		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
+	case c.Size < 0:
+		return fmt.Errorf("--size %d: want 0 or more", c.Size)
+	case c.Rounds < 1:
+		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
+	case c.Mode != "binary" && c.Mode != "structured" && c.Mode != "batch":
+		return fmt.Errorf("--mode %q: want binary, structured or batch", c.Mode)
+	case c.Mode == "batch" && c.Batch < 1:
+		return fmt.Errorf("--batch %d: want at least 1", c.Batch)
+	}
+	return nil
+}
+
+// eventsPerRequest is how many events one 202 answer stores.
+func (c ingestConfig) eventsPerRequest() int {
+	if c.Mode == "batch" {
+		return c.Batch
+	}
+	return 1
+}
+
+func newBenchIngestCmd(g *globals) *cobra.Command {
+	c := ingestConfig{Duration: 10 * time.Second, Concurrency: 16, Size: 1024, Rounds: 3, Mode: "binary", Batch: 10}
+	cmd := &cobra.Command{
+		Use:   "ingest [--duration 10s] [--concurrency 16] [--size 1024] [--rounds 3] [--mode binary|structured|batch]",
+		Short: "HTTP ingress throughput and POST→202 latency, against a bare Go HTTP server answering 202",
+		Long: `Closed loop: --concurrency workers each POST CloudEvents (unique ids) to the node's
+ingress over a keep-alive connection, as fast as answers come, for --duration.
+The same client then drives a bare Go HTTP server started in this process on
+127.0.0.1:0, which reads the body and answers 202: the HTTP ceiling of this
+machine. Rounds interleave weft and the reference; the table shows medians over
+rounds, the ratio weft ÷ reference and the machine's load.
+
+Latency percentiles are of 202 answers. 429, 503, other statuses and transport
+errors are counted apart. Exit 1 when weft answered nothing but errors, 6 when
+it cannot be reached.`,
+		Example: `  weft bench ingest --duration 5s --rounds 3 --concurrency 1
+  weft bench ingest --mode batch --batch 100 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.Server = g.server
+			if err := c.validate(); err != nil {
+				return withCode(exitUsage, err)
+			}
+			if g.output != "table" && g.output != "json" && g.output != "yaml" {
+				return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+			}
+			ctx := cmd.Context()
+			// Reachability first, through the client every verb uses, so an
+			// unreachable node exits 6 at once. Any answer will do: the
+			// ingress is what is measured, not /healthz.
+			resp, err := g.client().send(ctx, http.MethodGet, "/healthz", "", nil)
+			if resp != nil {
+				resp.Body.Close()
+			}
+			var ee *exitErr
+			if errors.As(err, &ee) && ee.code == exitUnreachable {
+				return err
+			}
+			var progress io.Writer
+			if f, ok := g.stderr.(*os.File); ok && isTerminal(f) {
+				progress = f
+			}
+			rep, err := benchIngest(ctx, c, progress)
+			if err != nil {
+				return err
+			}
+			if g.output == "table" {
+				err = rep.writeTable(g.stdout)
+			} else {
+				err = printOut(g.stdout, g.output, rep)
+			}
+			if err != nil {
+				return err
+			}
+			if rep.Weft.Accepted == 0 {
+				return withCode(exitError, fmt.Errorf("weft answered no request with 202 (%s)", rep.Weft.failures()))
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&c.Duration, "duration", c.Duration, "length of each round on each side")
+	f.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "concurrent closed-loop workers (connections)")
+	f.IntVar(&c.Size, "size", c.Size, "bytes of event data per event")
+	f.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds; each measures weft then the reference")
+	f.StringVar(&c.Mode, "mode", c.Mode, "CloudEvents HTTP mode: binary, structured or batch")
+	f.IntVar(&c.Batch, "batch", c.Batch, "events per request with --mode batch")
+	return cmd
+}
+
+// loadStats is one side of one round. Rates and latencies count only 202
+// answers: requests_per_sec is 202 answers per second, events_per_sec the
+// events they stored per second.
+type loadStats struct {
+	Requests       int64   `json:"requests"`
+	Accepted       int64   `json:"accepted"`
+	Events         int64   `json:"events"`
+	Status429      int64   `json:"status_429"`
+	Status503      int64   `json:"status_503"`
+	StatusOther    int64   `json:"status_other"`
+	Errors         int64   `json:"errors"`
+	FirstError     string  `json:"first_error,omitempty"`
+	Seconds        float64 `json:"seconds"`
+	EventsPerSec   float64 `json:"events_per_sec"`
+	RequestsPerSec float64 `json:"requests_per_sec"`
+	P50ms          float64 `json:"p50_ms"`
+	P90ms          float64 `json:"p90_ms"`
+	P99ms          float64 `json:"p99_ms"`
+	MaxMs          float64 `json:"max_ms"`
+}
+
+// benchSide is one target over all rounds: medians of the rates and
+// percentiles, sums of the counts, and each round.
+type benchSide struct {
+	Target string `json:"target"`
+	loadStats
+	Rounds []loadStats `json:"rounds"`
+}
+
+func (s benchSide) failures() string {
+	parts := []string{fmt.Sprintf("%d requests", s.Requests)}
+	for _, c := range []struct {
+		n    int64
+		what string
+	}{{s.Status429, "429"}, {s.Status503, "503"}, {s.StatusOther, "other statuses"}, {s.Errors, "transport errors"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
+		}
+	}
+	if s.FirstError != "" {
+		parts = append(parts, "first error: "+s.FirstError)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ingestReport is what `weft bench ingest` prints, as a table or -o json.
+type ingestReport struct {
+	Scenario    string    `json:"scenario"`
+	Date        time.Time `json:"date"`
+	Mode        string    `json:"mode"`
+	Size        int       `json:"size"`
+	Batch       int       `json:"batch,omitempty"`
+	Concurrency int       `json:"concurrency"`
+	Duration    string    `json:"duration"`
+	Rounds      int       `json:"rounds"`
+	Weft        benchSide `json:"weft"`
+	Reference   benchSide `json:"reference"`
+	// Ratio is weft ÷ reference of the medians: above 1 is better for
+	// throughput, below 1 is better for latency. Zero when undefined.
+	Ratio struct {
+		EventsPerSec float64 `json:"events_per_sec"`
+		P50          float64 `json:"p50"`
+		P99          float64 `json:"p99"`
+	} `json:"ratio"`
+	Machine machineInfo `json:"machine"`
+}
+
+// machineInfo is the load the figures were taken under.
+type machineInfo struct {
+	CPUs       int     `json:"cpus"`
+	GOOS       string  `json:"goos"`
+	GOARCH     string  `json:"goarch"`
+	Load1Start float64 `json:"load1_start"` // 1-minute loadavg before the first round; -1 when unknown
+	Load1End   float64 `json:"load1_end"`   // and after the last
+}
+
+// benchIngest runs cfg's rounds against cfg.Server and a reference server it
+// starts itself, interleaved, and summarizes them. progress, when not nil,
+// gets a line rewritten in place (a terminal).
+func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*ingestReport, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ref, stopRef, err := startReference()
+	if err != nil {
+		return nil, err
+	}
+	defer stopRef()
+	rep := &ingestReport{Scenario: "ingest", Date: time.Now().UTC().Truncate(time.Second), Mode: cfg.Mode, Size: cfg.Size,
+		Concurrency: cfg.Concurrency, Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
+		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+	if cfg.Mode == "batch" {
+		rep.Batch = cfg.Batch
+	}
+	rep.Weft.Target = strings.TrimRight(cfg.Server, "/") + "/"
+	rep.Reference.Target = ref + "/"
+	for r := 1; r <= cfg.Rounds; r++ {
+		for _, side := range []*benchSide{&rep.Weft, &rep.Reference} {
+			name := "weft"
+			if side == &rep.Reference {
+				name = "reference"
+			}
+			st, err := runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
+				if progress != nil {
+					fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+			side.Rounds = append(side.Rounds, st)
+		}
+	}
+	if progress != nil {
+		fmt.Fprint(progress, "\r\033[K")
+	}
+	rep.Machine.Load1End = loadavg1()
+	rep.Weft.summarize()
+	rep.Reference.summarize()
+	rep.Ratio.EventsPerSec = ratio(rep.Weft.EventsPerSec, rep.Reference.EventsPerSec)
+	rep.Ratio.P50 = ratio(rep.Weft.P50ms, rep.Reference.P50ms)
+	rep.Ratio.P99 = ratio(rep.Weft.P99ms, rep.Reference.P99ms)
+	return rep, nil
+}
+
+func (s *benchSide) summarize() {
+	var m loadStats
+	for _, r := range s.Rounds {
+		m.Requests += r.Requests
+		m.Accepted += r.Accepted
+		m.Events += r.Events
+		m.Status429 += r.Status429
+		m.Status503 += r.Status503
+		m.StatusOther += r.StatusOther
+		m.Errors += r.Errors
+		m.Seconds += r.Seconds
+		if m.FirstError == "" {
+			m.FirstError = r.FirstError
+		}
+	}
+	med := func(f func(loadStats) float64) float64 {
+		v := make([]float64, 0, len(s.Rounds))
+		for _, r := range s.Rounds {
+			v = append(v, f(r))
+		}
+		return median(v)
+	}
+	m.EventsPerSec = med(func(r loadStats) float64 { return r.EventsPerSec })
+	m.RequestsPerSec = med(func(r loadStats) float64 { return r.RequestsPerSec })
+	m.P50ms = med(func(r loadStats) float64 { return r.P50ms })
+	m.P90ms = med(func(r loadStats) float64 { return r.P90ms })
+	m.P99ms = med(func(r loadStats) float64 { return r.P99ms })
+	m.MaxMs = med(func(r loadStats) float64 { return r.MaxMs })
+	s.loadStats = m
+}
+
+// runLoad drives target for cfg.Duration with cfg.Concurrency closed-loop
+// workers. Requests in flight at the deadline are waited for and counted;
+// the rates divide by the time until the last one answered. tick, when not
+// nil, is called about twice a second from one goroutine.
+func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sent int64, elapsed time.Duration)) (loadStats, error) {
+	runID, err := uuid.NewV7()
+	if err != nil {
+		return loadStats{}, fmt.Errorf("generate run id: %w", err)
+	}
+	tr := &http.Transport{
+		Proxy:               nil, // measure the path to the node, not a proxy
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        cfg.Concurrency,
+		MaxIdleConnsPerHost: cfg.Concurrency,
+		MaxConnsPerHost:     cfg.Concurrency,
+		DisableCompression:  true,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	gen := newEventGen(cfg, runID.String())
+
+	type result struct {
+		st  loadStats
+		lat []time.Duration
+	}
+	results := make([]result, cfg.Concurrency)
+	var sent atomic.Int64
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	var wg sync.WaitGroup
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			res := &results[w]
+			for seq := 0; ctx.Err() == nil && time.Now().Before(deadline); seq++ {
+				// A fresh buffer each time: the transport may still read
+				// a body after Do returns (an early answer).
+				buf := gen.body(make([]byte, 0, gen.sizeHint()), w, seq)
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(buf))
+				if err != nil {
+					res.st.Errors++
+					res.st.FirstError = err.Error()
+					return
+				}
+				gen.header(req.Header, w, seq)
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				sent.Add(1)
+				res.st.Requests++
+				if err != nil {
+					res.st.Errors++
+					if res.st.FirstError == "" {
+						res.st.FirstError = err.Error()
+					}
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				d := time.Since(t0)
+				switch resp.StatusCode {
+				case http.StatusAccepted:
+					res.st.Accepted++
+					res.lat = append(res.lat, d)
+				case http.StatusTooManyRequests:
+					res.st.Status429++
+				case http.StatusServiceUnavailable:
+					res.st.Status503++
+				default:
+					res.st.StatusOther++
+					if res.st.FirstError == "" {
+						res.st.FirstError = "status " + resp.Status
+					}
+				}
+			}
+		})
+	}
+	if tick != nil {
+		done := make(chan struct{})
+		var tg sync.WaitGroup
+		tg.Go(func() {
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					tick(sent.Load(), time.Since(start))
+				}
+			}
+		})
+		defer tg.Wait()
+		defer close(done)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return loadStats{}, err
+	}
+
+	var st loadStats
+	var lat []time.Duration
+	for _, r := range results {
+		st.Requests += r.st.Requests
+		st.Accepted += r.st.Accepted
+		st.Status429 += r.st.Status429
+		st.Status503 += r.st.Status503
+		st.StatusOther += r.st.StatusOther
+		st.Errors += r.st.Errors
+		if st.FirstError == "" {
+			st.FirstError = r.st.FirstError
+		}
+		lat = append(lat, r.lat...)
+	}
+	st.Events = st.Accepted * int64(cfg.eventsPerRequest())
+	st.Seconds = elapsed.Seconds()
+	st.EventsPerSec = float64(st.Events) / st.Seconds
+	st.RequestsPerSec = float64(st.Accepted) / st.Seconds
+	slices.Sort(lat)
+	st.P50ms = ms(percentile(lat, 0.50))
+	st.P90ms = ms(percentile(lat, 0.90))
+	st.P99ms = ms(percentile(lat, 0.99))
+	st.MaxMs = ms(percentile(lat, 1))
+	return st, nil
+}
+
+// eventGen builds request bodies and headers with ids unique per run,
+// worker and sequence number, so no event is dropped as a duplicate.
+type eventGen struct {
+	mode  string
+	batch int
+	runID string
+	data  []byte // a JSON object of about the configured size
+}
+
+const (
+	benchSource = "/weft/bench"
+	benchType   = "dev.weft.bench"
+)
+
+func newEventGen(cfg ingestConfig, runID string) *eventGen {
+	pad := max(cfg.Size-len(`{"pad":""}`), 0)
+	data := make([]byte, 0, pad+16)
+	data = append(data, `{"pad":"`...)
+	data = append(data, strings.Repeat("x", pad)...)
+	data = append(data, `"}`...)
+	return &eventGen{mode: cfg.Mode, batch: cfg.eventsPerRequest(), runID: runID, data: data}
+}
+
+func (g *eventGen) sizeHint() int { return g.batch * (len(g.data) + 256) }
+
+func (g *eventGen) id(b []byte, w, seq, i int) []byte {
+	b = append(b, g.runID...)
+	b = append(b, '-')
+	b = strconv.AppendInt(b, int64(w), 10)
+	b = append(b, '-')
+	b = strconv.AppendInt(b, int64(seq), 10)
+	if g.mode == "batch" {
+		b = append(b, '-')
+		b = strconv.AppendInt(b, int64(i), 10)
+	}
+	return b
+}
+
+func (g *eventGen) structured(b []byte, w, seq, i int) []byte {
+	b = append(b, `{"specversion":"1.0","id":"`...)
+	b = g.id(b, w, seq, i)
+	b = append(b, `","source":"`+benchSource+`","type":"`+benchType+`","datacontenttype":"application/json","data":`...)
+	b = append(b, g.data...)
+	return append(b, '}')
+}
+
+// body appends the request body of request seq of worker w to b.
+func (g *eventGen) body(b []byte, w, seq int) []byte {
+	switch g.mode {
+	case "structured":
+		return g.structured(b, w, seq, 0)
+	case "batch":
+		b = append(b, '[')
+		for i := range g.batch {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = g.structured(b, w, seq, i)
+		}
+		return append(b, ']')
+	}
+	return append(b, g.data...)
+}
+
+// header sets the content type and, in binary mode, the ce- attributes.
+func (g *eventGen) header(h http.Header, w, seq int) {
+	switch g.mode {
+	case "structured":
+		h["Content-Type"] = []string{"application/cloudevents+json"}
+	case "batch":
+		h["Content-Type"] = []string{"application/cloudevents-batch+json"}
+	default:
+		h["Content-Type"] = []string{"application/json"}
+		h["Ce-Specversion"] = []string{"1.0"}
+		h["Ce-Id"] = []string{string(g.id(nil, w, seq, 0))}
+		h["Ce-Source"] = []string{benchSource}
+		h["Ce-Type"] = []string{benchType}
+	}
+}
+
+// startReference starts the HTTP ceiling: a bare net/http server on
+// 127.0.0.1:0 that reads each body and answers 202. It returns its base URL
+// and a function that stops it and waits for it.
+func startReference() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("reference server: %w", err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusAccepted)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) }) // returns ErrServerClosed on Close
+	stop := func() {
+		_ = srv.Close()
+		wg.Wait()
+	}
+	return "http://" + ln.Addr().String(), stop, nil
+}
+
+// writeTable prints the report for people.
+func (r *ingestReport) writeTable(w io.Writer) error {
+	mode := r.Mode
+	if r.Mode == "batch" {
+		mode = fmt.Sprintf("batch of %d", r.Batch)
+	}
+	fmt.Fprintf(w, "ingest: %s, %d B data, concurrency %d, %d rounds of %s each, medians\n", mode, r.Size, r.Concurrency, r.Rounds, r.Duration)
+	fmt.Fprintf(w, "weft %s   reference: bare Go HTTP server answering 202 at %s\n\n", r.Weft.Target, r.Reference.Target)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	row := func(name, a, b, ratio string) { fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, a, b, ratio) }
+	num := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
+	lat := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) + " ms" }
+	rat := func(v float64) string {
+		if v == 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(v, 'f', 3, 64)
+	}
+	row("", "weft", "reference", "weft/ref")
+	row("events/s", num(r.Weft.EventsPerSec), num(r.Reference.EventsPerSec), rat(r.Ratio.EventsPerSec))
+	row("requests/s", num(r.Weft.RequestsPerSec), num(r.Reference.RequestsPerSec), rat(ratio(r.Weft.RequestsPerSec, r.Reference.RequestsPerSec)))
+	row("p50", lat(r.Weft.P50ms), lat(r.Reference.P50ms), rat(r.Ratio.P50))
+	row("p90", lat(r.Weft.P90ms), lat(r.Reference.P90ms), rat(ratio(r.Weft.P90ms, r.Reference.P90ms)))
+	row("p99", lat(r.Weft.P99ms), lat(r.Reference.P99ms), rat(r.Ratio.P99))
+	row("max", lat(r.Weft.MaxMs), lat(r.Reference.MaxMs), rat(ratio(r.Weft.MaxMs, r.Reference.MaxMs)))
+	cnt := func(v int64) string { return strconv.FormatInt(v, 10) }
+	row("202 (all rounds)", cnt(r.Weft.Accepted), cnt(r.Reference.Accepted), "")
+	row("429", cnt(r.Weft.Status429), cnt(r.Reference.Status429), "")
+	row("503", cnt(r.Weft.Status503), cnt(r.Reference.Status503), "")
+	row("other status", cnt(r.Weft.StatusOther), cnt(r.Reference.StatusOther), "")
+	row("errors", cnt(r.Weft.Errors), cnt(r.Reference.Errors), "")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	load := func(v float64) string {
+		if v < 0 {
+			return "unknown"
+		}
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+	if r.Weft.FirstError != "" {
+		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
+	}
+	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
+		load(r.Machine.Load1Start), load(r.Machine.Load1End), r.Date.Format(time.RFC3339))
+	return err
+}
+
+// loadavg1 is the 1-minute load average from /proc/loadavg, or -1 where
+// there is none.
+func loadavg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// percentile is the nearest-rank percentile p (0 < p ≤ 1) of sorted d.
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(d)))) - 1
+	return d[min(max(i, 0), len(d)-1)]
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

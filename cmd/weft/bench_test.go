@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weft-dev/weft/internal/testutil"
+)
+
+// ingestStub stands in for weft's ingress: it answers every POST with
+// status and records the ids it saw.
+func ingestStub(t *testing.T, status int) (*httptest.Server, func() map[string]int) {
+	t.Helper()
+	var mu sync.Mutex
+	ids := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodPost {
+			mu.Lock()
+			ids[r.Header.Get("Ce-Id")]++
+			mu.Unlock()
+		}
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return ids
+	}
+}
+
+func TestBenchIngest(t *testing.T) {
+	srv, ids := ingestStub(t, http.StatusAccepted)
+	cfg := ingestConfig{Server: srv.URL, Duration: time.Second, Concurrency: 4, Size: 256, Rounds: 1, Mode: "binary"}
+	rep, err := benchIngest(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]benchSide{"weft": rep.Weft, "reference": rep.Reference} {
+		if s.EventsPerSec <= 0 || s.RequestsPerSec <= 0 || s.Accepted == 0 {
+			t.Errorf("%s: no throughput: %+v", name, s.loadStats)
+		}
+		if !(0 < s.P50ms && s.P50ms <= s.P90ms && s.P90ms <= s.P99ms && s.P99ms <= s.MaxMs) {
+			t.Errorf("%s: percentiles out of order: p50 %v p90 %v p99 %v max %v", name, s.P50ms, s.P90ms, s.P99ms, s.MaxMs)
+		}
+		if s.Errors+s.Status429+s.Status503+s.StatusOther != 0 {
+			t.Errorf("%s: unexpected failures: %s", name, s.failures())
+		}
+		if len(s.Rounds) != 1 {
+			t.Errorf("%s: %d rounds, want 1", name, len(s.Rounds))
+		}
+	}
+	if rep.Ratio.EventsPerSec <= 0 || rep.Ratio.P50 <= 0 || rep.Ratio.P99 <= 0 {
+		t.Errorf("ratio not computed: %+v", rep.Ratio)
+	}
+	if rep.Machine.CPUs < 1 {
+		t.Errorf("machine: %+v", rep.Machine)
+	}
+	// Every request carried a new id: the node would drop duplicates.
+	seen := ids()
+	if int64(len(seen)) != rep.Weft.Requests {
+		t.Errorf("%d distinct ids for %d requests", len(seen), rep.Weft.Requests)
+	}
+
+	var out bytes.Buffer
+	if err := printOut(&out, "json", rep); err != nil {
+		t.Fatal(err)
+	}
+	var back ingestReport
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
+	}
+	if back.Weft.EventsPerSec != rep.Weft.EventsPerSec || back.Ratio != rep.Ratio || back.Reference.P99ms != rep.Reference.P99ms {
+		t.Errorf("JSON round trip differs: %+v", back)
+	}
+	out.Reset()
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"events/s", "p99", "weft/ref", "CPUs"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestBenchIngestModes(t *testing.T) {
+	for _, mode := range []string{"structured", "batch"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			var bodies [][]byte
+			var ctypes []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				bodies, ctypes = append(bodies, b), append(ctypes, r.Header.Get("Content-Type"))
+				mu.Unlock()
+				w.WriteHeader(http.StatusAccepted)
+			}))
+			defer srv.Close()
+			cfg := ingestConfig{Duration: 50 * time.Millisecond, Concurrency: 2, Size: 100, Rounds: 1, Mode: mode, Batch: 3}
+			st, err := runLoad(t.Context(), srv.URL+"/", cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Accepted == 0 || st.Events != st.Accepted*int64(cfg.eventsPerRequest()) {
+				t.Fatalf("stats: %+v", st)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			var evs []map[string]any
+			if mode == "batch" {
+				if ctypes[0] != "application/cloudevents-batch+json" {
+					t.Errorf("content type %q", ctypes[0])
+				}
+				if err := json.Unmarshal(bodies[0], &evs); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				if ctypes[0] != "application/cloudevents+json" {
+					t.Errorf("content type %q", ctypes[0])
+				}
+				var ev map[string]any
+				if err := json.Unmarshal(bodies[0], &ev); err != nil {
+					t.Fatal(err)
+				}
+				evs = append(evs, ev)
+			}
+			if len(evs) != cfg.eventsPerRequest() {
+				t.Fatalf("%d events in a request, want %d", len(evs), cfg.eventsPerRequest())
+			}
+			for _, ev := range evs {
+				if ev["specversion"] != "1.0" || ev["type"] != benchType || ev["id"] == "" {
+					t.Errorf("event %v", ev)
+				}
+			}
+		})
+	}
+}
+
+func TestBenchIngestCounts503(t *testing.T) {
+	srv, _ := ingestStub(t, http.StatusServiceUnavailable)
+	cfg := ingestConfig{Duration: 100 * time.Millisecond, Concurrency: 2, Size: 10, Rounds: 1, Mode: "binary"}
+	st, err := runLoad(t.Context(), srv.URL+"/", cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status503 == 0 || st.Status503 != st.Requests || st.Accepted != 0 || st.Status429 != 0 || st.EventsPerSec != 0 {
+		t.Errorf("503s not counted as such: %+v", st)
+	}
+
+	// The command exits 1 when weft answered nothing but errors, after
+	// printing what it measured.
+	var out, errOut bytes.Buffer
+	g := &globals{server: srv.URL, output: "json", stdout: &out, stderr: &errOut}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"ingest", "--duration", "100ms", "--rounds", "1", "--concurrency", "2"})
+	err = cmd.ExecuteContext(t.Context())
+	var ee *exitErr
+	if !errors.As(err, &ee) || ee.code != exitError {
+		t.Fatalf("err = %v, want exit %d", err, exitError)
+	}
+	var rep ingestReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output: %v\n%s", err, out.String())
+	}
+	if rep.Weft.Status503 == 0 || rep.Reference.Accepted == 0 {
+		t.Errorf("report: weft %+v reference %+v", rep.Weft.loadStats, rep.Reference.loadStats)
+	}
+}
+
+func TestBenchIngestUnreachable(t *testing.T) {
+	var out bytes.Buffer
+	g := &globals{server: "http://" + testutil.RefusingAddr(t), output: "table", stdout: &out, stderr: &out}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"ingest", "--duration", "100ms", "--rounds", "1"})
+	err := cmd.ExecuteContext(t.Context())
+	var ee *exitErr
+	if !errors.As(err, &ee) || ee.code != exitUnreachable {
+		t.Fatalf("err = %v, want exit %d", err, exitUnreachable)
+	}
+}
+
+func TestBenchIngestUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"ingest", "--mode", "carrier-pigeon"},
+		{"ingest", "--concurrency", "0"},
+		{"ingest", "--mode", "batch", "--batch", "0"},
+		{},
+	} {
+		g := &globals{server: "http://127.0.0.1:1", output: "table", stdout: io.Discard, stderr: io.Discard}
+		cmd := newBenchCmd(g)
+		cmd.SetArgs(args)
+		err := cmd.ExecuteContext(t.Context())
+		var ee *exitErr
+		if !errors.As(err, &ee) || ee.code != exitUsage {
+			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
+		}
+	}
+}
+
+func TestPercentileAndMedian(t *testing.T) {
+	d := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for p, want := range map[float64]time.Duration{0.5: 5, 0.9: 9, 0.99: 10, 1: 10, 0.01: 1} {
+		if got := percentile(d, p); got != want {
+			t.Errorf("percentile(%v) = %v, want %v", p, got, want)
+		}
+	}
+	if percentile(nil, 0.5) != 0 {
+		t.Error("percentile of nothing")
+	}
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median odd = %v", m)
+	}
+	if m := median([]float64{4, 1, 2, 3}); m != 2.5 {
+		t.Errorf("median even = %v", m)
+	}
+}
