@@ -117,6 +117,9 @@ func (bt *batcher) enqueue(b *Broker, items []storeItem) {
 	}
 	bt.mu.Unlock()
 	if start {
+		// Owned by the queue: at most batchCommitters run, each ends as soon
+		// as the queue is empty, and every caller waits for its events, so
+		// none outlives the Store calls that started it.
 		go bt.commitLoop(b)
 	}
 }
