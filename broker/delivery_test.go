@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,5 +256,24 @@ func TestReplyChainAndLoopCut(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(b.metrics.LoopsCut); n != 1 {
 		t.Errorf("loops cut %v", n)
+	}
+}
+
+// TestErrorDataCapped: knativeerrordata carries at most 1024 bytes of the
+// failing response body (Knative's cap), base64-encoded.
+func TestErrorDataCapped(t *testing.T) {
+	b, srv := startBroker(t, httpDeliverer)
+	big := newSubscriber(t, http.StatusUnprocessableEntity, strings.Repeat("x", 5000))
+	sink := newSubscriber(t, http.StatusAccepted, "")
+	setTriggers(t, b, triggerYAML("capped", "", "{uri: "+big.URL+"}",
+		"  delivery: {retry: 3, backoffDelay: PT0.01S, deadLetterSink: {uri: "+sink.URL+"}}"))
+	post(t, srv, ingressCase{headers: caseBinary("cap-1"), body: `{}`})
+	wtest.WaitFor(t, 10*time.Second, func() bool { return len(sink.events()) == 1 })
+	if n := len(big.events()); n != 1 {
+		t.Errorf("422 was tried %d times, want 1 (not retryable)", n)
+	}
+	raw, err := base64.StdEncoding.DecodeString(fmt.Sprint(sink.events()[0].Extensions()[extErrorData]))
+	if err != nil || len(raw) != 1024 {
+		t.Fatalf("knativeerrordata holds %d bytes (%v), want 1024", len(raw), err)
 	}
 }
