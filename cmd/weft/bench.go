@@ -50,6 +50,8 @@ type ingestConfig struct {
 	Rounds      int           // rounds; each runs weft then the reference
 	Mode        string        // binary, structured or batch (CloudEvents HTTP binding)
 	Batch       int           // events per request in batch mode
+	JetStream   bool          // also measure JetStream alone (embedded, synced like weft)
+	Relaxed     bool          // the JetStream reference fsyncs on an interval, as weft --relaxed-sync
 }
 
 func (c ingestConfig) validate() error {
@@ -145,6 +147,8 @@ it cannot be reached.`,
 	f.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds; each measures weft then the reference")
 	f.StringVar(&c.Mode, "mode", c.Mode, "CloudEvents HTTP mode: binary, structured or batch")
 	f.IntVar(&c.Batch, "batch", c.Batch, "events per request with --mode batch")
+	f.BoolVar(&c.JetStream, "jetstream", true, "also measure JetStream alone, embedded in this process, with the same publishers")
+	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync")
 	return cmd
 }
 
@@ -195,22 +199,25 @@ func (s benchSide) failures() string {
 
 // ingestReport is what `weft bench ingest` prints, as a table or -o json.
 type ingestReport struct {
-	Scenario    string    `json:"scenario"`
-	Date        time.Time `json:"date"`
-	Mode        string    `json:"mode"`
-	Size        int       `json:"size"`
-	Batch       int       `json:"batch,omitempty"`
-	Concurrency int       `json:"concurrency"`
-	Duration    string    `json:"duration"`
-	Rounds      int       `json:"rounds"`
-	Weft        benchSide `json:"weft"`
-	Reference   benchSide `json:"reference"`
+	Scenario    string     `json:"scenario"`
+	Date        time.Time  `json:"date"`
+	Mode        string     `json:"mode"`
+	Size        int        `json:"size"`
+	Batch       int        `json:"batch,omitempty"`
+	Concurrency int        `json:"concurrency"`
+	Duration    string     `json:"duration"`
+	Rounds      int        `json:"rounds"`
+	Weft        benchSide  `json:"weft"`
+	Reference   benchSide  `json:"reference"`
+	JetStream   *benchSide `json:"jetstream,omitempty"`
 	// Ratio is weft ÷ reference of the medians: above 1 is better for
 	// throughput, below 1 is better for latency. Zero when undefined.
 	Ratio struct {
 		EventsPerSec float64 `json:"events_per_sec"`
 		P50          float64 `json:"p50"`
 		P99          float64 `json:"p99"`
+		// EventsPerSecJetStream is weft ÷ the JetStream reference.
+		EventsPerSecJetStream float64 `json:"events_per_sec_jetstream,omitempty"`
 	} `json:"ratio"`
 	Machine machineInfo `json:"machine"`
 }
@@ -244,7 +251,30 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	}
 	rep.Weft.Target = strings.TrimRight(cfg.Server, "/") + "/"
 	rep.Reference.Target = ref + "/"
+	var js *jetStreamRef
+	if cfg.JetStream {
+		if js, err = startJetStreamRef(ctx, cfg.Relaxed); err != nil {
+			return nil, err
+		}
+		defer js.stop()
+		mode := "fsync before every ack"
+		if cfg.Relaxed {
+			mode = "interval fsync"
+		}
+		rep.JetStream = &benchSide{Target: "embedded JetStream, " + mode}
+	}
 	for r := 1; r <= cfg.Rounds; r++ {
+		if js != nil {
+			runID, err := uuid.NewV7()
+			if err != nil {
+				return nil, err
+			}
+			st, err := js.run(ctx, cfg, runID.String())
+			if err != nil {
+				return nil, err
+			}
+			rep.JetStream.Rounds = append(rep.JetStream.Rounds, st)
+		}
 		for _, side := range []*benchSide{&rep.Weft, &rep.Reference} {
 			name := "weft"
 			if side == &rep.Reference {
@@ -270,6 +300,10 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	rep.Ratio.EventsPerSec = ratio(rep.Weft.EventsPerSec, rep.Reference.EventsPerSec)
 	rep.Ratio.P50 = ratio(rep.Weft.P50ms, rep.Reference.P50ms)
 	rep.Ratio.P99 = ratio(rep.Weft.P99ms, rep.Reference.P99ms)
+	if rep.JetStream != nil {
+		rep.JetStream.summarize()
+		rep.Ratio.EventsPerSecJetStream = ratio(rep.Weft.EventsPerSec, rep.JetStream.EventsPerSec)
+	}
 	return rep, nil
 }
 
@@ -573,6 +607,10 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 			return "unknown"
 		}
 		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+	if j := r.JetStream; j != nil {
+		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
+			j.Target, num(j.EventsPerSec), lat(j.P50ms), lat(j.P99ms), rat(r.Ratio.EventsPerSecJetStream))
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -224,5 +225,22 @@ func TestPercentileAndMedian(t *testing.T) {
 	}
 	if m := median([]float64{4, 1, 2, 3}); m != 2.5 {
 		t.Errorf("median even = %v", m)
+	}
+}
+
+// TestJetStreamReference: the embedded JetStream reference publishes,
+// measures and cleans up after itself.
+func TestJetStreamReference(t *testing.T) {
+	ref, err := startJetStreamRef(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ref.stop()
+	st, err := ref.run(context.Background(), ingestConfig{Duration: 300 * time.Millisecond, Concurrency: 2, Size: 256, Mode: "binary", Batch: 1}, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Accepted == 0 || st.EventsPerSec <= 0 || st.Errors != 0 || st.P50ms > st.P99ms || st.P99ms > st.MaxMs {
+		t.Fatalf("reference stats %+v", st)
 	}
 }

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// jetStreamRef is the second reference of `weft bench ingest`: JetStream
+// alone, embedded in this process under a temporary folder and synced as
+// weft's broker is (SyncAlways unless --relaxed-sync), fed by the same number
+// of closed-loop publishers, each publishing one request's events with a
+// Nats-Msg-Id and waiting for the acks. It is what weft's ingest does minus
+// HTTP, validation and the broker's work around the store.
+type jetStreamRef struct {
+	dir string
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+func startJetStreamRef(ctx context.Context, relaxed bool) (*jetStreamRef, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-js")
+	if err != nil {
+		return nil, fmt.Errorf("jetstream reference: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, DontListen: true, NoSigs: true, NoLog: true, SyncAlways: !relaxed})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("jetstream reference: %w", err)
+	}
+	go ns.Start() // owned: stop shuts it down and waits
+	ref := &jetStreamRef{dir: dir, ns: ns}
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ref.stop()
+		return nil, fmt.Errorf("jetstream reference: server not ready")
+	}
+	if ref.nc, err = nats.Connect("", nats.InProcessServer(ns)); err != nil {
+		ref.stop()
+		return nil, fmt.Errorf("jetstream reference: %w", err)
+	}
+	if ref.js, err = jetstream.New(ref.nc); err != nil {
+		ref.stop()
+		return nil, fmt.Errorf("jetstream reference: %w", err)
+	}
+	_, err = ref.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: "BENCH", Subjects: []string{"bench.events"}, Storage: jetstream.FileStorage,
+		Duplicates: 2 * time.Minute, MaxMsgSize: 1 << 20,
+	})
+	if err != nil {
+		ref.stop()
+		return nil, fmt.Errorf("jetstream reference: stream: %w", err)
+	}
+	return ref, nil
+}
+
+func (j *jetStreamRef) stop() {
+	if j.nc != nil {
+		j.nc.Close()
+	}
+	j.ns.Shutdown()
+	j.ns.WaitForShutdown()
+	_ = os.RemoveAll(j.dir)
+}
+
+// run publishes for cfg.Duration from cfg.Concurrency closed-loop
+// publishers and measures as runLoad does (a "request" is one publisher's
+// round of cfg.eventsPerRequest() acknowledged publishes).
+func (j *jetStreamRef) run(ctx context.Context, cfg ingestConfig, runID string) (loadStats, error) {
+	data := []byte(`{"data":"` + strings.Repeat("x", max(cfg.Size-11, 0)) + `"}`)
+	per := cfg.eventsPerRequest()
+	deadline := time.Now().Add(cfg.Duration)
+	var mu sync.Mutex
+	var lat []time.Duration
+	var st loadStats
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			var mine []time.Duration
+			for seq := 0; time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
+				t0 := time.Now()
+				futures := make([]jetstream.PubAckFuture, 0, per)
+				var err error
+				for i := range per {
+					msg := nats.NewMsg("bench.events")
+					msg.Data = data
+					id := runID + "-" + strconv.Itoa(w) + "-" + strconv.Itoa(seq) + "-" + strconv.Itoa(i)
+					var f jetstream.PubAckFuture
+					if f, err = j.js.PublishMsgAsync(msg, jetstream.WithMsgID(id)); err != nil {
+						break
+					}
+					futures = append(futures, f)
+				}
+				for _, f := range futures {
+					select {
+					case <-f.Ok():
+					case e := <-f.Err():
+						err = e
+					case <-ctx.Done():
+						err = ctx.Err()
+					}
+				}
+				if err != nil || len(futures) < per {
+					if err == nil {
+						err = fmt.Errorf("only %d of %d published", len(futures), per)
+					}
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	st.Seconds = time.Since(start).Seconds()
+	st.Accepted = int64(len(lat))
+	st.Requests = st.Accepted + failures.Load()
+	st.Errors = failures.Load()
+	if e, ok := firstErr.Load().(string); ok {
+		st.FirstError = e
+	}
+	st.Events = st.Accepted * int64(per)
+	st.EventsPerSec = float64(st.Events) / st.Seconds
+	st.RequestsPerSec = float64(st.Accepted) / st.Seconds
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		st.P50ms, st.P90ms, st.P99ms = ms(percentile(lat, 0.50)), ms(percentile(lat, 0.90)), ms(percentile(lat, 0.99))
+		st.MaxMs = ms(lat[len(lat)-1])
+	}
+	return st, nil
+}
