@@ -3,9 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,25 +22,7 @@ func TestCrashLosesNoAcknowledgedEvent(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "received.jsonl")
 	manifests := filepath.Join(dir, "manifests")
-	if err := os.Mkdir(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(manifests, "crash.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Function
-metadata: {name: sink}
-spec:
-  command: [%q]
-  env: [{name: OUT, value: %q}, {name: DELAY, value: 2ms}]
-  concurrency: 16
-  scale: {min: 1}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: everything}
-spec:
-  subscriber: {ref: {apiVersion: weft.dev/v1, kind: Function, name: sink}}
-  delivery: {retry: 10, backoffDelay: PT0.05S}
-`, recorderBin, out))
+	writeLoadManifests(t, manifests, "sink", out, "2ms", 16, "{min: 1}")
 	n := startNode(t, manifests, filepath.Join(dir, "data"))
 
 	var fn []struct {
@@ -72,18 +52,7 @@ spec:
 					return
 				}
 				id := fmt.Sprintf("crash-%04d", i)
-				req, _ := http.NewRequest(http.MethodPost, "http://"+n.http+"/", strings.NewReader(`{"i":1}`))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("ce-specversion", "1.0")
-				req.Header.Set("ce-id", id)
-				req.Header.Set("ce-source", "/crash-test")
-				req.Header.Set("ce-type", "test.crash")
-				resp, err := client.Do(req)
-				if err != nil {
-					continue // weft is gone: not acknowledged, nothing is owed
-				}
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusAccepted {
+				if publishLoad(client, n.http, "/crash-test", id) == http.StatusAccepted {
 					acked.Store(id, true)
 					if nAcked.Add(1) == total/2 {
 						once.Do(func() { n.kill9(); close(killed) })
@@ -107,31 +76,7 @@ spec:
 	}, "worker pid %d survived kill -9 of weft", workerPID)
 
 	n.start() // same data dir, same ports
-	// Polls rather than testutil.WaitFor so that a failure lists what is missing.
-	var missing []string
-	for deadline := time.Now().Add(90 * time.Second); ; {
-		got := ids(records(t, out))
-		missing = missing[:0]
-		acked.Range(func(k, _ any) bool {
-			if got[k.(string)] == 0 {
-				missing = append(missing, k.(string))
-			}
-			return true
-		})
-		if len(missing) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d acknowledged events never delivered, e.g. %v", len(missing), missing[:min(5, len(missing))])
-		}
-		<-time.After(50 * time.Millisecond)
-	}
-	got := ids(records(t, out))
-	dups := 0
-	for _, c := range got {
-		if c > 1 {
-			dups++
-		}
-	}
-	t.Logf("after restart: %d distinct events delivered, %d more than once (at-least-once)", len(got), dups)
+	waitDelivered(t, out, &acked, 90*time.Second)
+	distinct, dups := duplicates(t, out)
+	t.Logf("after restart: %d distinct events delivered, %d more than once (at-least-once)", distinct, dups)
 }

@@ -261,3 +261,83 @@ func tail(s string, lines int) string {
 	}
 	return strings.Join(parts, "\n")
 }
+
+// writeLoadManifests writes, into manifests, a Function name running the
+// recorder (its records go to out; each request takes delay) with the given
+// concurrency and scale, and a Trigger that sends it every event with 10
+// retries 50 ms apart: the set-up of the crash and shutdown tests.
+func writeLoadManifests(t *testing.T, manifests, name, out, delay string, concurrency int, scale string) {
+	t.Helper()
+	if err := os.MkdirAll(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(manifests, "load.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
+kind: Function
+metadata: {name: %s}
+spec:
+  command: [%q]
+  env: [{name: OUT, value: %q}, {name: DELAY, value: %s}]
+  concurrency: %d
+  scale: %s
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: everything}
+spec:
+  subscriber: {ref: {apiVersion: weft.dev/v1, kind: Function, name: %s}}
+  delivery: {retry: 10, backoffDelay: PT0.05S}
+`, name, recorderBin, out, delay, concurrency, scale, name))
+}
+
+// publishLoad posts one binary-mode event of type test.load and returns the
+// status, or 0 when the request failed (weft gone: nothing acknowledged).
+func publishLoad(client *http.Client, addr, source, id string) int {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader(`{}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("ce-specversion", "1.0")
+	req.Header.Set("ce-id", id)
+	req.Header.Set("ce-source", source)
+	req.Header.Set("ce-type", "test.load")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// waitDelivered polls until every id in acked was recorded in out, and
+// fails naming some missing ones at the deadline.
+func waitDelivered(t *testing.T, out string, acked *sync.Map, timeout time.Duration) {
+	t.Helper()
+	var missing []string
+	for deadline := time.Now().Add(timeout); ; {
+		got := ids(records(t, out))
+		missing = missing[:0]
+		acked.Range(func(k, _ any) bool {
+			if got[k.(string)] == 0 {
+				missing = append(missing, k.(string))
+			}
+			return true
+		})
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d acknowledged events never delivered, e.g. %v", len(missing), missing[:min(5, len(missing))])
+		}
+		<-time.After(50 * time.Millisecond) // a polling interval
+	}
+}
+
+// duplicates counts the ids recorded in out more than once.
+func duplicates(t *testing.T, out string) (distinct, dups int) {
+	t.Helper()
+	got := ids(records(t, out))
+	for _, c := range got {
+		if c > 1 {
+			dups++
+		}
+	}
+	return len(got), dups
+}

@@ -6,13 +6,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/weft-dev/weft/internal/testutil"
 )
 
 // TestRepeatedKill9 kills weft with SIGKILL five times under load, after
@@ -34,25 +31,7 @@ func TestRepeatedKill9(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "received.jsonl")
 	manifests := filepath.Join(dir, "manifests")
-	if err := os.Mkdir(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(manifests, "crash.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Function
-metadata: {name: sink}
-spec:
-  command: [%q]
-  env: [{name: OUT, value: %q}, {name: DELAY, value: 2ms}]
-  concurrency: 16
-  scale: {min: 1}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: everything}
-spec:
-  subscriber: {ref: {apiVersion: weft.dev/v1, kind: Function, name: sink}}
-  delivery: {retry: 10, backoffDelay: PT0.05S}
-`, recorderBin, out))
+	writeLoadManifests(t, manifests, "sink", out, "2ms", 16, "{min: 1}")
 	n := startNode(t, manifests, filepath.Join(dir, "data"))
 
 	var acked sync.Map
@@ -73,18 +52,7 @@ spec:
 					default:
 					}
 					id := fmt.Sprintf("r%d-w%d-%d", round, w, i)
-					req, _ := http.NewRequest(http.MethodPost, "http://"+n.http+"/", strings.NewReader(`{}`))
-					req.Header.Set("Content-Type", "application/json")
-					req.Header.Set("ce-specversion", "1.0")
-					req.Header.Set("ce-id", id)
-					req.Header.Set("ce-source", "/repeated-crash")
-					req.Header.Set("ce-type", "test.crash")
-					resp, err := client.Do(req)
-					if err != nil {
-						continue
-					}
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusAccepted {
+					if publishLoad(client, n.http, "/repeated-crash", id) == http.StatusAccepted {
 						acked.Store(id, true)
 						total.Add(1)
 						if nAcked.Add(1) == killAt {
@@ -99,24 +67,7 @@ spec:
 		n.start()
 	}
 
-	var missing []string
-	testutil.WaitFor(t, 120*time.Second, func() bool {
-		got := ids(records(t, out))
-		missing = missing[:0]
-		acked.Range(func(k, _ any) bool {
-			if got[k.(string)] == 0 {
-				missing = append(missing, k.(string))
-			}
-			return true
-		})
-		return len(missing) == 0
-	}, "acknowledged events lost after repeated kill -9 (seed %d): e.g. %v", seed, missing)
-	got := ids(records(t, out))
-	dups := 0
-	for _, c := range got {
-		if c > 1 {
-			dups++
-		}
-	}
+	waitDelivered(t, out, &acked, 120*time.Second)
+	_, dups := duplicates(t, out)
 	t.Logf("acknowledged %d, lost 0, delivered more than once %d", total.Load(), dups)
 }

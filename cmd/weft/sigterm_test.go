@@ -3,9 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,25 +22,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "received.jsonl")
 	manifests := filepath.Join(dir, "manifests")
-	if err := os.Mkdir(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(manifests, "load.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Function
-metadata: {name: slow}
-spec:
-  command: [%q]
-  env: [{name: OUT, value: %q}, {name: DELAY, value: 20ms}]
-  concurrency: 8
-  scale: {min: 1, max: 2, target: 4}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: all}
-spec:
-  subscriber: {ref: {apiVersion: weft.dev/v1, kind: Function, name: slow}}
-  delivery: {retry: 10, backoffDelay: PT0.05S}
-`, recorderBin, out))
+	writeLoadManifests(t, manifests, "slow", out, "20ms", 8, "{min: 1, max: 2, target: 4}")
 	n := startNode(t, manifests, filepath.Join(dir, "data"))
 
 	var acked sync.Map
@@ -59,18 +39,7 @@ spec:
 				default:
 				}
 				id := fmt.Sprintf("term-%d-%d", w, i)
-				req, _ := http.NewRequest(http.MethodPost, "http://"+n.http+"/", strings.NewReader(`{}`))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("ce-specversion", "1.0")
-				req.Header.Set("ce-id", id)
-				req.Header.Set("ce-source", "/sigterm")
-				req.Header.Set("ce-type", "test.load")
-				resp, err := client.Do(req)
-				if err != nil {
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusAccepted {
+				if publishLoad(client, n.http, "/sigterm", id) == http.StatusAccepted {
 					acked.Store(id, true)
 					nAcked.Add(1)
 				}
@@ -105,15 +74,5 @@ spec:
 	}
 
 	n.start()
-	testutil.WaitFor(t, 90*time.Second, func() bool {
-		got := ids(records(t, out))
-		missing := 0
-		acked.Range(func(k, _ any) bool {
-			if got[k.(string)] == 0 {
-				missing++
-			}
-			return true
-		})
-		return missing == 0
-	}, "acknowledged events were lost across a SIGTERM")
+	waitDelivered(t, out, &acked, 90*time.Second)
 }
