@@ -17,6 +17,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -356,6 +357,7 @@ func openStore(o serveOptions, log *slog.Logger) (store.Store, error) {
 	case o.storeURL == "":
 		return store.OpenBadger(filepath.Join(o.data, "store"), log)
 	case strings.HasPrefix(o.storeURL, "redis://"), strings.HasPrefix(o.storeURL, "rediss://"):
+		redis.SetLogger(redisLogger{log}) // go-redis logs to stderr otherwise
 		st, err := store.OpenRedis(o.storeURL, log)
 		if err != nil {
 			return nil, fmt.Errorf("--store: %w", err)
@@ -363,4 +365,12 @@ func openStore(o serveOptions, log *slog.Logger) (store.Store, error) {
 		return st, nil
 	}
 	return nil, withCode(exitUsage, fmt.Errorf("--store %q: want empty (Badger) or redis://host:port/db", o.storeURL))
+}
+
+// redisLogger routes go-redis's own messages (reconnects, dial failures)
+// into weft's log at Warn.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Warn(fmt.Sprintf(format, v...), "source", "go-redis")
 }
