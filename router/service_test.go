@@ -16,6 +16,7 @@ import (
 
 	"github.com/weft-dev/weft/internal/resource"
 	"github.com/weft-dev/weft/schemas"
+	"github.com/weft-dev/weft/schemas/schematest"
 )
 
 // designService is the Service example of DESIGN.md, verbatim.
@@ -329,47 +330,7 @@ func TestServiceFingerprint(t *testing.T) {
 // decoded field is in the schema.
 func TestServiceSchemaMatchesSpec(t *testing.T) {
 	t.Parallel()
-	raw, ok := schemas.File(ServiceKind)
-	if !ok {
-		t.Fatal("no Service schema")
-	}
-	type node struct {
-		Properties map[string]node `json:"properties"`
-		Items      *node           `json:"items"`
-	}
-	var root node
-	if err := json.Unmarshal(raw, &root); err != nil {
-		t.Fatal(err)
-	}
-	var check func(path string, props map[string]node, typ reflect.Type)
-	check = func(path string, props map[string]node, typ reflect.Type) {
-		tags := map[string]reflect.Type{}
-		for f := range typ.Fields() {
-			tags[strings.Split(f.Tag.Get("json"), ",")[0]] = f.Type
-		}
-		for name, sub := range props {
-			ft, ok := tags[name]
-			if !ok {
-				t.Errorf("schema has %s.%s, the decoder does not", path, name)
-				continue
-			}
-			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
-				ft = ft.Elem()
-			}
-			if sub.Items != nil && sub.Items.Properties != nil {
-				sub = *sub.Items
-			}
-			if ft.Kind() == reflect.Struct {
-				check(path+"."+name, sub.Properties, ft)
-			}
-		}
-		for name := range tags {
-			if _, ok := props[name]; !ok {
-				t.Errorf("the decoder has %s.%s, the schema does not", path, name)
-			}
-		}
-	}
-	check("spec", root.Properties["spec"].Properties, reflect.TypeFor[svcSpecJSON]())
+	schematest.CheckSpec(t, ServiceKind, reflect.TypeFor[svcSpecJSON]())
 }
 
 // TestServiceSchemaDescribesEveryField keeps editors' hover text complete:

@@ -1,7 +1,6 @@
 package workers
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,7 +12,7 @@ import (
 	"time"
 
 	"github.com/weft-dev/weft/internal/resource"
-	"github.com/weft-dev/weft/schemas"
+	"github.com/weft-dev/weft/schemas/schematest"
 )
 
 // parseYAML decodes one manifest as if read from dir/fn.yaml (file "" for
@@ -212,45 +211,5 @@ func TestFingerprint(t *testing.T) {
 // step: every property the schema allows in spec is decoded, and every
 // decoded field is in the schema.
 func TestSchemaMatchesSpec(t *testing.T) {
-	raw, ok := schemas.File(Kind)
-	if !ok {
-		t.Fatal("no Function schema")
-	}
-	type node struct {
-		Properties map[string]node `json:"properties"`
-		Items      *node           `json:"items"`
-	}
-	var root node
-	if err := json.Unmarshal(raw, &root); err != nil {
-		t.Fatal(err)
-	}
-	var check func(path string, props map[string]node, typ reflect.Type)
-	check = func(path string, props map[string]node, typ reflect.Type) {
-		tags := map[string]reflect.Type{}
-		for f := range typ.Fields() {
-			tags[strings.Split(f.Tag.Get("json"), ",")[0]] = f.Type
-		}
-		for name, sub := range props {
-			ft, ok := tags[name]
-			if !ok {
-				t.Errorf("schema has %s.%s, the decoder does not", path, name)
-				continue
-			}
-			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
-				ft = ft.Elem()
-			}
-			if sub.Items != nil && sub.Items.Properties != nil {
-				sub = *sub.Items
-			}
-			if ft.Kind() == reflect.Struct {
-				check(path+"."+name, sub.Properties, ft)
-			}
-		}
-		for name := range tags {
-			if _, ok := props[name]; !ok {
-				t.Errorf("the decoder has %s.%s, the schema does not", path, name)
-			}
-		}
-	}
-	check("spec", root.Properties["spec"].Properties, reflect.TypeFor[specJSON]())
+	schematest.CheckSpec(t, Kind, reflect.TypeFor[specJSON]())
 }
