@@ -59,6 +59,7 @@ type weftNode struct {
 	nats      string
 	router    string
 	manifests string
+	extra     []string // more serve flags
 	cmd       *exec.Cmd
 	log       *syncBuffer
 	exited    chan struct{}
@@ -88,10 +89,11 @@ func skipShort(t *testing.T) {
 	}
 }
 
-// startNode runs weft serve -f manifests on data and waits for /readyz.
-func startNode(t *testing.T, manifests, data string) *weftNode {
+// startNode runs weft serve -f manifests on data, with any extra serve
+// flags, and waits for /readyz.
+func startNode(t *testing.T, manifests, data string, extra ...string) *weftNode {
 	t.Helper()
-	n := &weftNode{t: t, data: data, manifests: manifests,
+	n := &weftNode{t: t, data: data, manifests: manifests, extra: extra,
 		http: testutil.FreeAddr(t), nats: testutil.FreeAddr(t), router: testutil.FreeAddr(t)}
 	n.start()
 	return n
@@ -102,8 +104,9 @@ func (n *weftNode) start() {
 	t.Helper()
 	n.log = &syncBuffer{}
 	n.exited = make(chan struct{})
-	n.cmd = exec.Command(weftBin, "serve", "-f", n.manifests, "--data", n.data,
-		"--http", n.http, "--nats", n.nats, "--router", n.router, "--log-level", "debug")
+	args := append([]string{"serve", "-f", n.manifests, "--data", n.data,
+		"--http", n.http, "--nats", n.nats, "--router", n.router, "--log-level", "debug"}, n.extra...)
+	n.cmd = exec.Command(weftBin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
