@@ -72,6 +72,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Ingress configures the HTTP ingress.
 	Ingress IngressConfig
+	// Circuit configures the per-subscriber circuit breaker of deliveries.
+	Circuit CircuitConfig
 }
 
 func (c Config) withDefaults() Config {
@@ -97,6 +99,7 @@ func (c Config) withDefaults() Config {
 		c.DrainTimeout = 10 * time.Second
 	}
 	c.Ingress = c.Ingress.withDefaults()
+	c.Circuit = c.Circuit.withDefaults()
 	return c
 }
 
@@ -116,6 +119,9 @@ func (c Config) Validate() error {
 	if c.AckWait < time.Second {
 		return fmt.Errorf("broker: AckWait %s is below 1s", c.AckWait)
 	}
+	if err := c.Circuit.Validate(); err != nil {
+		return err
+	}
 	return c.Ingress.Validate()
 }
 
@@ -134,9 +140,14 @@ type Broker struct {
 	inflight     chan struct{} // semaphore of publishes awaiting storage
 	batch        *batcher      // group commit of concurrent publishes
 
-	ready     chan struct{}
-	readyOnce sync.Once
-	conn      atomic.Pointer[conn] // set while running
+	storage     atomic.Pointer[StorageUsage] // last sample of watchStorage
+	storedSince atomic.Int64                 // bytes the ingress stored since that sample
+	// storageTripped: StorageError found the estimate above the high-water
+	// mark between samples.
+	storageTripped atomic.Bool
+	ready          chan struct{}
+	readyOnce      sync.Once
+	conn           atomic.Pointer[conn] // set while running
 
 	mu      sync.Mutex // guards runners, runCtx, and serialises index swaps
 	runners map[string]*runner
@@ -170,7 +181,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		cfg:          cfg,
 		log:          log,
 		metrics:      m,
-		deliverer:    d,
+		deliverer:    newBreakers(cfg.Circuit, time.Now, m, d),
 		inflight:     make(chan struct{}, cfg.MaxInflight),
 		batch:        newBatcher(),
 		ready:        make(chan struct{}),
@@ -215,6 +226,11 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	b.conn.Store(c)
 
+	b.sampleStorage(c)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watch sync.WaitGroup
+	watch.Go(func() { b.watchStorage(watchCtx, c) })
+	defer func() { stopWatch(); watch.Wait() }() // before the server shuts down
 	sub, err := b.startNATSIngress(ctx, c)
 	if err != nil {
 		return err

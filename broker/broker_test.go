@@ -37,7 +37,15 @@ func startBroker(t *testing.T, d Deliverer) (*Broker, *httptest.Server) {
 // events, but they wait.
 func startStoringBroker(t *testing.T, d Deliverer) (*Broker, *httptest.Server) {
 	t.Helper()
-	b, err := New(Config{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", DrainTimeout: time.Second}, d, nil, slog.New(slog.DiscardHandler))
+	return startBrokerWith(t, d, func(*Config) {})
+}
+
+// startBrokerWith is startStoringBroker with a configuration edited by edit.
+func startBrokerWith(t *testing.T, d Deliverer, edit func(*Config)) (*Broker, *httptest.Server) {
+	t.Helper()
+	cfg := Config{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", DrainTimeout: time.Second}
+	edit(&cfg)
+	b, err := New(cfg, d, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

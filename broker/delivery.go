@@ -45,7 +45,8 @@ type Attempt struct {
 
 // Retry runs attempts per the Knative delivery policy p: up to p.Attempts(),
 // waiting p.RetryDelay between them (a 429/503's Retry-After counts, capped
-// by retryAfterMax), retrying network errors, timeouts and the statuses Knative
+// by retryAfterMax, and so does an open circuit's time to its next probe),
+// retrying network errors, timeouts and the statuses Knative
 // retries. record, if not nil, sees every attempt; when it returns an error
 // after a failed attempt, no further attempt is made and Retry returns that
 // error. It stops early when ctx ends and returns ctx's error then.
@@ -73,6 +74,12 @@ func Retry(p triggers.Policy, record func(Attempt) error) Middleware {
 				wait := p.Backoff(n)
 				if se, ok := ceclient.IsStatus(err); ok {
 					wait = p.RetryDelay(n, se.Code, se.RetryAfter)
+				}
+				var open *CircuitOpenError
+				if errors.As(err, &open) {
+					// Like a Retry-After, under the same cap: the next attempt
+					// can be the probe instead of another refusal.
+					wait = max(wait, min(time.Until(open.Until), p.RetryAfterMax))
 				}
 				timer := time.NewTimer(wait)
 				select {

@@ -11,6 +11,9 @@ var (
 	// ErrUnavailable is returned by Publish when JetStream did not confirm
 	// storage (stopped, out of resources, timed out). Nothing was acknowledged.
 	ErrUnavailable = errors.New("broker: storage unavailable")
+	// ErrStorageFull is returned by Store while JetStream's disk use is above
+	// its high-water mark (see Broker.Storage); the ingress answers 503.
+	ErrStorageFull = errors.New("broker: storage full")
 	// ErrBatchTooLarge is returned by Store for more events in one call than
 	// can ever be in flight at once (Config.MaxInflight); the ingress answers
 	// 413, as retrying cannot help.

@@ -121,6 +121,8 @@ func ingressStatus(err error) (status int, reason string) {
 		return http.StatusRequestTimeout, "timeout"
 	case errors.Is(err, ErrOverloaded):
 		return http.StatusTooManyRequests, "overloaded"
+	case errors.Is(err, ErrStorageFull):
+		return http.StatusServiceUnavailable, "storage_full"
 	case errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, context.DeadlineExceeded):

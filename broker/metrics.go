@@ -6,13 +6,21 @@ import "github.com/prometheus/client_golang/prometheus"
 // Register; a nil *Metrics is not allowed, use NewMetrics.
 type Metrics struct {
 	Received     *prometheus.CounterVec // by transport: http, nats
-	Rejected     *prometheus.CounterVec // by reason: invalid, too_large, unsupported_media_type, method, overloaded, unavailable, timeout
+	Rejected     *prometheus.CounterVec // by reason: invalid, too_large, unsupported_media_type, method, overloaded, unavailable, storage_full, timeout
 	Stored       prometheus.Counter
 	Duplicates   prometheus.Counter
 	Delivered    *prometheus.CounterVec // by trigger
 	Retried      *prometheus.CounterVec // by trigger
 	DeadLettered *prometheus.CounterVec // by trigger, reason: retries_exhausted, not_retryable, ttl_exceeded
 	LoopsCut     prometheus.Counter
+
+	StorageUsed  prometheus.Gauge // JetStream disk use, bytes
+	StorageLimit prometheus.Gauge // its limit, bytes
+
+	CircuitState    *prometheus.GaugeVec   // by subscriber: 0 closed, 1 open, 2 half-open
+	CircuitOpened   *prometheus.CounterVec // by subscriber
+	CircuitRejected *prometheus.CounterVec // by subscriber
+	CircuitProbes   *prometheus.CounterVec // by subscriber
 }
 
 // NewMetrics builds the collectors; they are not registered.
@@ -42,12 +50,31 @@ func NewMetrics() *Metrics {
 		LoopsCut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_reply_loops_cut_total", Help: "Replies dropped to the DLQ because their knativebrokerttl reached zero.",
 		}),
+		StorageUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_storage_used_bytes", Help: "JetStream disk use; at 90% of weft_storage_limit_bytes the ingress refuses events.",
+		}),
+		StorageLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_storage_limit_bytes", Help: "JetStream's disk limit (--max-store-bytes or 75% of the free disk).",
+		}),
+		CircuitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "weft_circuit_state", Help: "Delivery circuit of a subscriber: 0 closed, 1 open, 2 half-open.",
+		}, []string{"subscriber"}),
+		CircuitOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_circuit_opened_total", Help: "Times a subscriber's delivery circuit opened.",
+		}, []string{"subscriber"}),
+		CircuitRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_circuit_rejected_total", Help: "Delivery attempts refused by an open circuit, without calling the subscriber.",
+		}, []string{"subscriber"}),
+		CircuitProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_circuit_probes_total", Help: "Half-open probes let through to a subscriber.",
+		}, []string{"subscriber"}),
 	}
 }
 
 // Register adds every collector to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.Received, m.Rejected, m.Stored, m.Duplicates, m.Delivered, m.Retried, m.DeadLettered, m.LoopsCut} {
+	for _, c := range []prometheus.Collector{m.Received, m.Rejected, m.Stored, m.Duplicates, m.Delivered, m.Retried, m.DeadLettered, m.LoopsCut, m.StorageUsed, m.StorageLimit,
+		m.CircuitState, m.CircuitOpened, m.CircuitRejected, m.CircuitProbes} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -33,7 +33,8 @@ func msgID(ev *event.Event) string {
 // Store stores events in JetStream and returns once every one is acknowledged
 // as stored (a duplicate (source, id) counts as stored). Events without a
 // knativebrokerttl get DefaultTTL. Callers validate events first. It returns
-// an error wrapping ErrOverloaded when too many publishes are waiting, and
+// an error wrapping ErrOverloaded when too many publishes are waiting,
+// ErrStorageFull while disk use is above its high-water mark, and
 // ErrUnavailable when storage did not confirm in time; then some events of the
 // slice may be stored and others not, and the caller must not acknowledge.
 //
@@ -49,6 +50,9 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	}
 	if b.conn.Load() == nil {
 		return fmt.Errorf("%w: broker not running", ErrUnavailable)
+	}
+	if err := b.StorageError(); err != nil {
+		return err
 	}
 	acquired := 0
 	release := func() {
@@ -90,6 +94,13 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	case <-call.done:
 		call.mu.Lock()
 		defer call.mu.Unlock()
+		if call.err == nil {
+			n := 0
+			for _, it := range items {
+				n += len(it.data)
+			}
+			b.storedSince.Add(int64(n))
+		}
 		return call.err
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
