@@ -53,6 +53,11 @@ type serveOptions struct {
 	maxEventBytes int64
 	dedupWindow   time.Duration
 	trustDomain   string
+	maxStoreBytes int64
+	maxInflight   int
+	readTimeout   time.Duration
+	circuitFails  int
+	circuitOpen   time.Duration
 }
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -84,6 +89,11 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 960 KiB)")
 	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
 	f.StringVar(&o.trustDomain, "trust-domain", "weft.local", "SPIFFE trust domain of the node's identities (spiffe://<domain>/fn/<function>)")
+	f.Int64Var(&o.maxStoreBytes, "max-store-bytes", 0, "cap on JetStream's disk use, in bytes (0 = nats-server's default, 75% of the free disk); at 90% the ingress answers 503 and /readyz fails until use falls under 80%")
+	f.IntVar(&o.maxInflight, "max-inflight", 4096, "events waiting for storage at once; beyond it the ingress answers 429")
+	f.DurationVar(&o.readTimeout, "read-timeout", 10*time.Second, "time a client has to send a request's headers, and again its body; slower clients are cut off")
+	f.IntVar(&o.circuitFails, "circuit-failures", 5, "consecutive failed deliveries to one subscriber that open its circuit (0 = no circuit breaker)")
+	f.DurationVar(&o.circuitOpen, "circuit-open", 5*time.Second, "how long an open circuit refuses deliveries before a probe; doubles after a failed probe, up to 30s")
 	return cmd
 }
 
@@ -171,12 +181,19 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		}
 		return client.Deliver(ctx, target, ev)
 	})
+	circuit := broker.CircuitConfig{ConsecutiveFailures: o.circuitFails, OpenTime: o.circuitOpen, MaxOpenTime: max(o.circuitOpen, 30*time.Second)}
+	if o.circuitFails == 0 {
+		circuit.ConsecutiveFailures = -1 // the flag's 0 means off; the broker's means its default
+	}
 	b, err := broker.New(broker.Config{
-		DataDir:     o.data,
-		NATSAddr:    o.natsAddr,
-		RelaxedSync: o.relaxedSync,
-		DedupWindow: o.dedupWindow,
-		Ingress:     broker.IngressConfig{MaxBodyBytes: o.maxEventBytes},
+		DataDir:       o.data,
+		NATSAddr:      o.natsAddr,
+		RelaxedSync:   o.relaxedSync,
+		DedupWindow:   o.dedupWindow,
+		MaxStoreBytes: o.maxStoreBytes,
+		MaxInflight:   o.maxInflight,
+		Circuit:       circuit,
+		Ingress:       broker.IngressConfig{MaxBodyBytes: o.maxEventBytes, ReadTimeout: o.readTimeout},
 	}, deliver, metrics, log.With("component", "broker"))
 	if err != nil {
 		return withCode(exitUsage, err)
@@ -199,7 +216,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 			if !configured.Load() {
 				return errors.New("configuration not loaded yet")
 			}
-			return nil
+			return b.StorageError()
 		},
 	}
 	ln, err := net.Listen("tcp", o.httpAddr)
@@ -208,7 +225,7 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	}
 	srv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: o.readTimeout,
 		MaxHeaderBytes:    16 << 10, // beyond this Go answers 431
 		IdleTimeout:       2 * time.Minute,
 	}
