@@ -21,6 +21,15 @@ import (
 // router's HTTP edge answers 403 for it.
 var ErrNotAllowed = errors.New("router: spiffe id not allowed")
 
+// ErrMalformedSVID fails a handshake through ServerTLS or ClientTLS when the
+// peer's certificate chains to the bundle but is not shaped as the X509-SVID
+// spec requires of a leaf, on points go-spiffe's verification leaves open:
+// its SPIFFE ID has no path (§5.2), it lacks the digitalSignature key usage
+// (§4.3, and RFC 8446 §4.4.2.2 for a TLS 1.3 signing key), or it has an
+// extended key usage that excludes its role in the handshake, clientAuth for
+// a caller or serverAuth for a server (§4.4, RFC 5280 §4.2.1.12).
+var ErrMalformedSVID = errors.New("router: peer certificate is not a well-formed X.509-SVID")
+
 // Authorizer decides which SPIFFE IDs may call one Service, from the
 // Service's allow list. With an empty list any ID of the trust domain may;
 // with one, exactly the listed IDs may. Authorization looks at the SPIFFE ID
@@ -144,8 +153,10 @@ func WithTLSClock(clk Clock) TLSOption {
 // ServerTLS returns a server config for mutual TLS between weft identities:
 // it presents src's current SVID (so a renewal takes effect at the next
 // handshake) and requires a client certificate that verifies as an
-// X.509-SVID against bundle and that authz accepts. A nil authz accepts any
-// SPIFFE ID that verifies, that is any of a trust domain bundle knows.
+// X.509-SVID against bundle, is shaped as one with a clientAuth-capable key
+// (else the handshake fails with ErrMalformedSVID) and that authz accepts.
+// A nil authz accepts any SPIFFE ID that verifies, that is any of a trust
+// domain bundle knows.
 //
 // Verification runs in VerifyConnection, which crypto/tls calls on every
 // connection, resumed ones included; go-spiffe's tlsconfig puts it in
@@ -161,7 +172,7 @@ func ServerTLS(src x509svid.Source, bundle x509bundle.Source, authz *Authorizer,
 		MinVersion:       tls.VersionTLS12,
 		ClientAuth:       tls.RequireAnyClientCert, // verified below, on SPIFFE terms
 		GetCertificate:   tlsconfig.GetCertificate(src),
-		VerifyConnection: verifySVID(bundle, authorize, o.clk),
+		VerifyConnection: verifySVID(bundle, authorize, o.clk, x509.ExtKeyUsageClientAuth),
 	}
 	if o.clk != nil {
 		cfg.Time = o.clk.Now
@@ -171,7 +182,8 @@ func ServerTLS(src x509svid.Source, bundle x509bundle.Source, authz *Authorizer,
 
 // ClientTLS returns a client config for mutual TLS between weft identities:
 // it presents src's current SVID and accepts a server whose certificate
-// verifies as an X.509-SVID against bundle and whose SPIFFE ID server
+// verifies as an X.509-SVID against bundle, is shaped as one with a
+// serverAuth-capable key (else ErrMalformedSVID), and whose SPIFFE ID server
 // matches (spiffeid.MatchID for one service, MatchMemberOf for any in the
 // trust domain). Host names play no part: InsecureSkipVerify only turns off
 // crypto/tls's WebPKI name check, which VerifyConnection replaces.
@@ -181,7 +193,7 @@ func ClientTLS(src x509svid.Source, bundle x509bundle.Source, server spiffeid.Ma
 		MinVersion:           tls.VersionTLS12,
 		InsecureSkipVerify:   true, //nolint:gosec // replaced by SPIFFE verification in VerifyConnection
 		GetClientCertificate: tlsconfig.GetClientCertificate(src),
-		VerifyConnection:     verifySVID(bundle, tlsconfig.AdaptMatcher(server), o.clk),
+		VerifyConnection:     verifySVID(bundle, tlsconfig.AdaptMatcher(server), o.clk, x509.ExtKeyUsageServerAuth),
 	}
 	if o.clk != nil {
 		cfg.Time = o.clk.Now
@@ -198,8 +210,10 @@ func tlsOpts(opts []TLSOption) tlsOptions {
 }
 
 // verifySVID verifies the peer's chain as an X.509-SVID against bundle, at
-// clk's time (nil: now), and then authorizes its SPIFFE ID.
-func verifySVID(bundle x509bundle.Source, authorize tlsconfig.Authorizer, clk Clock) func(tls.ConnectionState) error {
+// clk's time (nil: now), checks that its leaf is shaped as one and may act
+// in role (clientAuth for a caller, serverAuth for a server), and then
+// authorizes its SPIFFE ID.
+func verifySVID(bundle x509bundle.Source, authorize tlsconfig.Authorizer, clk Clock, role x509.ExtKeyUsage) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		var opts []x509svid.VerifyOption
 		if clk != nil {
@@ -209,8 +223,49 @@ func verifySVID(bundle x509bundle.Source, authorize tlsconfig.Authorizer, clk Cl
 		if err != nil {
 			return err
 		}
+		if err := checkLeaf(id, cs.PeerCertificates[0], role); err != nil {
+			return err
+		}
 		return authorize(id, chains)
 	}
+}
+
+// checkLeaf applies the X509-SVID rules for leaves that x509svid.Verify
+// leaves out (it checks the CA flag, keyCertSign and cRLSign, and the single
+// spiffe URI SAN); an error wraps ErrMalformedSVID. weft's CA issues no
+// certificate that fails them, but other tools may issue certificates under
+// a root given with --ca-cert.
+func checkLeaf(id spiffeid.ID, leaf *x509.Certificate, role x509.ExtKeyUsage) error {
+	switch {
+	case id.Path() == "":
+		// The trust domain's own ID names signing certificates, never a
+		// workload; an empty allow list would otherwise admit it.
+		return fmt.Errorf("%w: %s has no path", ErrMalformedSVID, id)
+	case leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0:
+		// Zero when the key usage extension is absent, which the spec
+		// forbids as well.
+		return fmt.Errorf("%w: %s lacks the digitalSignature key usage", ErrMalformedSVID, id)
+	case !allowsUsage(leaf, role):
+		return fmt.Errorf("%w: the extended key usage of %s excludes %s", ErrMalformedSVID, id, usageName(role))
+	}
+	return nil
+}
+
+// allowsUsage reports whether leaf may be used for u: it has no extended key
+// usage extension (any use, RFC 5280 §4.2.1.12), or the extension lists u or
+// anyExtendedKeyUsage.
+func allowsUsage(leaf *x509.Certificate, u x509.ExtKeyUsage) bool {
+	if len(leaf.ExtKeyUsage) == 0 && len(leaf.UnknownExtKeyUsage) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(leaf.ExtKeyUsage, func(e x509.ExtKeyUsage) bool { return e == u || e == x509.ExtKeyUsageAny })
+}
+
+func usageName(u x509.ExtKeyUsage) string {
+	if u == x509.ExtKeyUsageClientAuth {
+		return "clientAuth"
+	}
+	return "serverAuth"
 }
 
 // PeerID returns the SPIFFE ID of a connection's peer, as verified by
