@@ -60,6 +60,7 @@ type weftNode struct {
 	router    string
 	manifests string
 	extra     []string // more serve flags
+	bin       string   // the weft binary; "" means weftBin
 	cmd       *exec.Cmd
 	log       *syncBuffer
 	exited    chan struct{}
@@ -93,7 +94,14 @@ func skipShort(t *testing.T) {
 // flags, and waits for /readyz.
 func startNode(t *testing.T, manifests, data string, extra ...string) *weftNode {
 	t.Helper()
-	n := &weftNode{t: t, data: data, manifests: manifests, extra: extra,
+	return startNodeBin(t, weftBin, manifests, data, extra...)
+}
+
+// startNodeBin is startNode with another weft binary (one built without the
+// race detector, for memory figures).
+func startNodeBin(t *testing.T, bin, manifests, data string, extra ...string) *weftNode {
+	t.Helper()
+	n := &weftNode{t: t, data: data, manifests: manifests, extra: extra, bin: bin,
 		http: testutil.FreeAddr(t), nats: testutil.FreeAddr(t), router: testutil.FreeAddr(t)}
 	n.start()
 	return n
@@ -106,7 +114,11 @@ func (n *weftNode) start() {
 	n.exited = make(chan struct{})
 	args := append([]string{"serve", "-f", n.manifests, "--data", n.data,
 		"--http", n.http, "--nats", n.nats, "--router", n.router, "--log-level", "debug"}, n.extra...)
-	n.cmd = exec.Command(weftBin, args...)
+	bin := n.bin
+	if bin == "" {
+		bin = weftBin
+	}
+	n.cmd = exec.Command(bin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -56,6 +56,7 @@ type serveOptions struct {
 	maxStoreBytes int64
 	maxInflight   int
 	readTimeout   time.Duration
+	maxConns      int
 	circuitFails  int
 	circuitOpen   time.Duration
 }
@@ -91,6 +92,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.trustDomain, "trust-domain", "weft.local", "SPIFFE trust domain of the node's identities (spiffe://<domain>/fn/<function>)")
 	f.Int64Var(&o.maxStoreBytes, "max-store-bytes", 0, "cap on JetStream's disk use, in bytes (0 = nats-server's default, 75% of the free disk); at 90% the ingress answers 503 and /readyz fails until use falls under 80%")
 	f.IntVar(&o.maxInflight, "max-inflight", 4096, "events waiting for storage at once; beyond it the ingress answers 429")
+	f.IntVar(&o.maxConns, "max-connections", 1024, "open client connections on --http at most; one more is answered 503 with Retry-After and closed")
 	f.DurationVar(&o.readTimeout, "read-timeout", 10*time.Second, "time a client has to send a request's headers, and again its body; slower clients are cut off")
 	f.IntVar(&o.circuitFails, "circuit-failures", 5, "consecutive failed deliveries to one subscriber that open its circuit (0 = no circuit breaker)")
 	f.DurationVar(&o.circuitOpen, "circuit-open", 5*time.Second, "how long an open circuit refuses deliveries before a probe; doubles after a failed probe, up to 30s")
@@ -219,10 +221,18 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 			return b.StorageError()
 		},
 	}
+	if o.maxConns < 1 {
+		return withCode(exitUsage, fmt.Errorf("--max-connections %d: want at least 1", o.maxConns))
+	}
 	ln, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen --http %s: %w", o.httpAddr, err)
 	}
+	refusedConns := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "weft_http_connections_refused_total", Help: "Connections to --http answered 503 because --max-connections were open.",
+	})
+	reg.MustRegister(refusedConns)
+	ln = node.LimitConnections(ln, o.maxConns, refusedConns.Inc)
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: o.readTimeout,
