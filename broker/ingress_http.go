@@ -273,7 +273,7 @@ func (h *ingressHandler) fail(w http.ResponseWriter, err error) {
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfter)
 	}
-	if status == http.StatusServiceUnavailable && !errors.Is(err, ErrUnavailable) &&
+	if status == http.StatusServiceUnavailable && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrStorageFull) &&
 		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		h.log.Warn("ingress store failed", "err", err) // not an error eventStore documents
 	}

@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	wtest "github.com/weft-dev/weft/internal/testutil"
+)
+
+// natsBadBinary are binary-mode messages the NATS ingress refuses; their
+// HTTP twins differ (HTTP percent-decodes header values, NATS does not).
+var natsBadBinary = []struct {
+	name string
+	msg  *nats.Msg
+}{
+	{"binary missing id", natsMsg(natsBinary("e4", "ce-id", caseDel), "{}")},
+	{"binary missing source", natsMsg(natsBinary("e4b", "ce-source", caseDel), "{}")},
+	{"binary missing type", natsMsg(natsBinary("e4c", "ce-type", caseDel), "{}")},
+	{"binary specversion 0.3", natsMsg(natsBinary("e5", "ce-specversion", "0.3"), "{}")},
+	{"binary bad extension name", natsMsg(natsBinary("e6", "ce-my_ext", "x"), "{}")},
+	{"binary control character", natsMsg(natsBinary("e7", "ce-subject", "a\x01b"), "{}")},
+	{"binary content types disagree", natsMsg(natsBinary("e8", "ce-datacontenttype", "text/plain"), "{}")},
+	{"binary header in two spellings", natsMsg(natsBinary("e9", "Ce-Id", "other"), "{}")},
+	{"binary bad time", natsMsg(natsBinary("e10", "ce-time", "yesterday"), "{}")},
+	{"binary relative dataschema", natsMsg(natsBinary("e11", "ce-dataschema", "schema.json"), "{}")},
+	{"non-CloudEvents content type", natsMsg(map[string]string{"content-type": "application/json"}, `{"a":1}`)},
+	{"unknown format", natsMsg(map[string]string{"content-type": "application/cloudevents+avro"}, "x")},
+	{"structured without headers, not JSON", natsMsg(nil, "not json")},
+}
+
+// TestNATSIngressStoresNothingInvalid publishes, over a real NATS connection
+// to the real broker, every malformed structured and batch body of the HTTP
+// table and the NATS-only binary cases: each is nacked with code 400 and
+// stored nowhere, and the next good event is stored and delivered.
+func TestNATSIngressStoresNothingInvalid(t *testing.T) {
+	rec := newRecorder()
+	b, _ := startBroker(t, rec)
+	setTriggers(t, b, triggerYAML("all", "", "{uri: http://catch-all.invalid/}", ""))
+	nc, err := nats.Connect(b.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	var msgs []*nats.Msg
+	var names []string
+	for _, c := range badIngressCases {
+		ct := c.headers["Content-Type"]
+		// Structured and batch bodies mean the same over NATS; 400 and 415
+		// (an unknown format) are both a 400 nack there. The HTTP-only cases
+		// (methods, paths, sizes, binary headers) do not translate.
+		if (ct != "application/cloudevents+json" && ct != "application/cloudevents-batch+json") ||
+			(c.wantStatus != http.StatusBadRequest && c.wantStatus != http.StatusUnsupportedMediaType) || c.method != "" || c.path != "" {
+			continue
+		}
+		msgs = append(msgs, natsMsg(map[string]string{"content-type": ct}, c.body))
+		names = append(names, "HTTP case "+c.name)
+	}
+	for _, c := range natsBadBinary {
+		msgs = append(msgs, c.msg)
+		names = append(names, c.name)
+	}
+	if len(msgs) < 30 {
+		t.Fatalf("only %d malformed messages: the HTTP table changed shape", len(msgs))
+	}
+	for i, m := range msgs {
+		m.Subject = "weft.in.bad"
+		reply, err := nc.RequestMsg(m, 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", names[i], err)
+		}
+		var ack struct {
+			Code   int    `json:"code"`
+			Error  string `json:"error"`
+			Stored *int   `json:"stored"`
+		}
+		if err := json.Unmarshal(reply.Data, &ack); err != nil || ack.Code != 400 || ack.Error == "" || ack.Stored != nil {
+			t.Errorf("%s: ack %s, want code 400 with an error (%v)", names[i], reply.Data, err)
+		}
+	}
+	if n := testutil.ToFloat64(b.metrics.Stored); n != 0 {
+		t.Fatalf("malformed NATS messages stored %v events", n)
+	}
+	good := natsMsg(natsBinary("after-bad"), `{"ok":true}`)
+	good.Subject = "weft.in.good"
+	if reply, err := nc.RequestMsg(good, 5*time.Second); err != nil || string(reply.Data) != `{"stored":1}` {
+		t.Fatalf("good event after bad ones: %v %v", reply, err)
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count("http://catch-all.invalid/") == 1 }, "good event not delivered")
+	t.Logf("%d malformed messages refused over NATS, none stored", len(msgs))
+}
