@@ -98,4 +98,3 @@ func postResponse(t *testing.T, url, id, body string) *http.Response {
 	resp.Body.Close()
 	return resp
 }
-
