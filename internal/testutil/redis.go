@@ -114,13 +114,19 @@ func (r *RedisServer) Start() {
 // Stop stops the server (SIGTERM, then SIGKILL after 10 s) and returns once
 // it has exited; it does nothing if the server is stopped. Clients see
 // connections refused until Start.
-func (r *RedisServer) Stop() {
+func (r *RedisServer) Stop() { r.stop(syscall.SIGTERM) }
+
+// Kill is Stop with SIGKILL: the server dies at once, without closing its
+// clients' connections itself (the kernel resets them), as in a crash.
+func (r *RedisServer) Kill() { r.stop(syscall.SIGKILL) }
+
+func (r *RedisServer) stop(sig syscall.Signal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.proc == nil {
 		return
 	}
-	_ = r.proc.Signal(syscall.SIGTERM)
+	_ = r.proc.Signal(sig)
 	select {
 	case <-r.exited:
 	case <-time.After(redisStopTimeout):

@@ -68,6 +68,7 @@ func TestRedisStopStart(t *testing.T) {
 
 	r.Stop()
 	r.Stop() // idempotent
+	r.Kill() // so is Kill of a stopped server
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err == nil {
 		_ = c.Close()
@@ -97,5 +98,23 @@ func TestRunRedisMissing(t *testing.T) {
 	}
 	if !strings.Contains(ft.fatal, "redis-server not found: run ./task test, which installs it") {
 		t.Fatalf("failure message %q lacks the instructions", ft.fatal)
+	}
+}
+
+// TestRedisKill checks that Kill takes the server down at once, as a crash
+// does, and that Start brings it back on the same address.
+func TestRedisKill(t *testing.T) {
+	t.Parallel()
+	r := testutil.RunRedis(t)
+	addr := r.Addr()
+	r.Kill()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("dial succeeded after Kill")
+	}
+	r.Start()
+	if got := redisDo(t, addr, "PING"); got != "+PONG" {
+		t.Fatalf("PING after Kill and Start = %q", got)
 	}
 }
