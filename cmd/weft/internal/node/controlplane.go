@@ -231,11 +231,11 @@ func (cp *ControlPlane) commit(ctx context.Context, next map[resource.Key]applie
 				return fmt.Errorf("persist %s: %w", k, err)
 			}
 			if err := cp.store.Put(ctx, key, rec); err != nil {
-				return fmt.Errorf("persist %s: %w", k, err)
+				return fmt.Errorf("persist %s: %w: %w", k, ErrStore, err)
 			}
 		case ch.Action != "unchanged" && (!ok || a.source != sourceAPI):
 			if err := cp.store.Delete(ctx, key); err != nil {
-				return fmt.Errorf("forget %s: %w", k, err)
+				return fmt.Errorf("forget %s: %w: %w", k, ErrStore, err)
 			}
 		}
 	}
@@ -370,6 +370,10 @@ var ErrInvalid = errors.New("invalid")
 
 // ErrNotFound is returned for a resource that is not in force.
 var ErrNotFound = errors.New("not found")
+
+// ErrStore marks a change refused because the store could not record it (a
+// Redis outage, say): nothing changed, and the same change may succeed later.
+var ErrStore = errors.New("store unavailable")
 
 // Check parses objs as an apply would, changing nothing.
 func Check(objs []resource.Object) error {

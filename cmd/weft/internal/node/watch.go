@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -72,6 +73,10 @@ func (f *Files) Status() (loads int, lastErr error) {
 // reloads, so an editor's write-rename-chmod burst is one reload.
 const settle = 150 * time.Millisecond
 
+// Bounds of the wait before a load refused by an unavailable store is tried
+// again (var for tests).
+var storeRetryMin, storeRetryMax = 2 * time.Second, 30 * time.Second
+
 // Watch reloads on changes until ctx ends.
 func (f *Files) Watch(ctx context.Context) error {
 	if len(f.paths) == 0 {
@@ -91,14 +96,29 @@ func (f *Files) Watch(ctx context.Context) error {
 	if err := f.addDirs(w); err != nil {
 		return err
 	}
-	// A change made after the caller's Load but before the watches were in
-	// place gave no event: read the files once more now that they are.
-	if err := f.Load(ctx); err != nil {
-		f.log.Error("manifest change refused; previous state stays in force", "err", err)
-	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// A load refused only because the store was unreachable is tried again,
+	// backing off, until it goes through or the files change again.
+	retryWait := time.Duration(0)
+	reload := func() {
+		err := f.Load(ctx)
+		switch {
+		case err == nil:
+			retryWait = 0
+		case errors.Is(err, ErrStore):
+			retryWait = min(max(2*retryWait, storeRetryMin), storeRetryMax)
+			f.log.Warn("manifest change not applied: the store is unavailable; retrying", "in", retryWait, "err", err)
+			timer.Reset(retryWait)
+		default:
+			retryWait = 0
+			f.log.Error("manifest change refused; previous state stays in force", "err", err)
+		}
+	}
+	// A change made after the caller's Load but before the watches were in
+	// place gave no event: read the files once more now that they are.
+	reload()
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,9 +149,7 @@ func (f *Files) Watch(ctx context.Context) error {
 			f.log.Warn("manifest watcher; reloading", "err", err)
 			timer.Reset(settle)
 		case <-timer.C:
-			if err := f.Load(ctx); err != nil {
-				f.log.Error("manifest change refused; previous state stays in force", "err", err)
-			}
+			reload()
 		}
 	}
 }

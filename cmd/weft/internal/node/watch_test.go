@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/weft-dev/weft/internal/resource"
+	"github.com/weft-dev/weft/internal/store"
 	"github.com/weft-dev/weft/internal/testutil"
 )
 
@@ -230,4 +232,66 @@ func TestFilesWatchCatchesUpAfterLoad(t *testing.T) {
 		}
 	})
 	waitTriggers(t, rec, "t1", "t2")
+}
+
+// flakyStore is a real Badger store whose writes fail while down is set: an
+// injected outage of the store (Redis going away, for a node that uses it).
+type flakyStore struct {
+	*store.Badger
+	down atomic.Bool
+}
+
+var errStoreDown = errors.New("connection refused (injected)")
+
+func (s *flakyStore) Put(ctx context.Context, key string, v []byte) error {
+	if s.down.Load() {
+		return errStoreDown
+	}
+	return s.Badger.Put(ctx, key, v)
+}
+
+func (s *flakyStore) Delete(ctx context.Context, key string) error {
+	if s.down.Load() {
+		return errStoreDown
+	}
+	return s.Badger.Delete(ctx, key)
+}
+
+// TestFilesWatchRetriesWhileStoreDown: a file change that arrives while the
+// store cannot record it is refused as a whole (the old state stays), and is
+// applied by itself once the store is back, without another edit.
+func TestFilesWatchRetriesWhileStoreDown(t *testing.T) {
+	defer func(lo, hi time.Duration) { storeRetryMin, storeRetryMax = lo, hi }(storeRetryMin, storeRetryMax)
+	storeRetryMin, storeRetryMax = 20*time.Millisecond, 100*time.Millisecond
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "t.yaml")
+	writeFile(t, file, join(triggerDoc("t1", "a"), triggerDoc("t2", "b")))
+	st := &flakyStore{Badger: openStore(t, t.TempDir())}
+	rec := &recorder{}
+	cp := NewControlPlane(st, rec, rec, discard())
+	f := NewFiles([]string{dir}, cp, discard())
+	if err := f.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	testutil.WaitFor(t, watchWait, func() bool { loads, _ := f.Status(); return loads >= 2 }, "the watcher's first reload")
+
+	st.down.Store(true)
+	writeFile(t, file, triggerDoc("t1", "a")) // t2 removed: a store delete
+	testutil.WaitFor(t, watchWait, func() bool { _, err := f.Status(); return errors.Is(err, ErrStore) }, "the change was not refused for the store")
+	if n := rec.triggerNames(); !slices.Equal(n, []string{"t1", "t2"}) {
+		t.Fatalf("during the outage triggers %v, want the old [t1 t2]", n)
+	}
+	loads, _ := f.Status()
+	testutil.WaitFor(t, watchWait, func() bool { l, _ := f.Status(); return l >= loads+2 }, "no retry while the store is down")
+
+	st.down.Store(false)
+	waitTriggers(t, rec, "t1")
+	if _, err := f.Status(); err != nil {
+		t.Errorf("after the store came back: %v", err)
+	}
 }
