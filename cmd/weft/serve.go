@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/weft-dev/weft/broker"
 	"github.com/weft-dev/weft/cmd/weft/internal/node"
@@ -384,7 +385,7 @@ func openStore(o serveOptions, log *slog.Logger) (store.Store, error) {
 	case o.storeURL == "":
 		return store.OpenBadger(filepath.Join(o.data, "store"), log)
 	case strings.HasPrefix(o.storeURL, "redis://"), strings.HasPrefix(o.storeURL, "rediss://"):
-		redis.SetLogger(redisLogger{log}) // go-redis logs to stderr otherwise
+		redis.SetLogger(newRedisLogger(log)) // go-redis logs to stderr otherwise
 		st, err := store.OpenRedis(o.storeURL, log)
 		if err != nil {
 			return nil, fmt.Errorf("--store: %w", err)
@@ -395,9 +396,21 @@ func openStore(o serveOptions, log *slog.Logger) (store.Store, error) {
 }
 
 // redisLogger routes go-redis's own messages (reconnects, dial failures)
-// into weft's log at Warn.
-type redisLogger struct{ log *slog.Logger }
+// into weft's log at Warn, at most one per redisLogEvery: while Redis is
+// down go-redis repeats itself several times a second per connection.
+type redisLogger struct {
+	log   *slog.Logger
+	limit *rate.Sometimes
+}
+
+const redisLogEvery = 10 * time.Second
+
+func newRedisLogger(log *slog.Logger) redisLogger {
+	return redisLogger{log: log, limit: &rate.Sometimes{First: 1, Interval: redisLogEvery}}
+}
 
 func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	l.log.Warn(fmt.Sprintf(format, v...), "source", "go-redis")
+	l.limit.Do(func() {
+		l.log.Warn(fmt.Sprintf(format, v...), "source", "go-redis", "note", "similar messages are dropped for "+redisLogEvery.String())
+	})
 }
