@@ -74,5 +74,9 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 
 	n.start()
-	waitDelivered(t, out, &acked, 90*time.Second)
+	r := checkDelivery(t, n, out, &acked, "everything")
+	if r.Delivered != r.Acked {
+		t.Errorf("not every acknowledged event was delivered: %v", r)
+	}
+	t.Logf("after restart: %v", r)
 }
