@@ -277,3 +277,33 @@ func TestErrorDataCapped(t *testing.T) {
 		t.Fatalf("knativeerrordata holds %d bytes (%v), want 1024", len(raw), err)
 	}
 }
+
+// TestInvalidReplyDeadLettered: a subscriber that accepts an event but
+// answers with a malformed CloudEvent (a ce-specversion without type or
+// source) gets one attempt — retrying cannot mend its bug — and the event
+// lands in the node DLQ with reason invalid_reply.
+func TestInvalidReplyDeadLettered(t *testing.T) {
+	b, srv := startBroker(t, httpDeliverer)
+	var calls atomic.Int32
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("ce-specversion", "1.0")
+		w.Header().Set("ce-id", "reply-1")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(bad.Close)
+	setTriggers(t, b, triggerYAML("replier", "", "{uri: "+bad.URL+"}", "  delivery: {retry: 3, backoffDelay: PT0.01S}"))
+	post(t, srv, ingressCase{headers: caseBinary("ir-1"), body: `{}`})
+	var list []DLQEntry
+	wtest.WaitFor(t, 10*time.Second, func() bool {
+		list, _ = b.ListDLQ(context.Background(), DLQFilter{Trigger: "replier"})
+		return len(list) == 1
+	}, "the event never reached the DLQ")
+	if e := list[0]; e.Reason != reasonInvalidReply || len(e.Attempts) != 1 {
+		t.Errorf("entry reason %q with %d attempts, want %q after 1", e.Reason, len(e.Attempts), reasonInvalidReply)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("subscriber called %d times, want 1", n)
+	}
+}

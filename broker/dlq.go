@@ -70,7 +70,11 @@ type dlqEntry struct {
 // history appended.
 func (b *Broker) deadLetter(ctx context.Context, c *conn, tr *triggers.Trigger, ev event.Event, history []Attempt, cause error, replay *replayRef) error {
 	reason := reasonExhausted
-	if !retryable(cause) {
+	var badReply *ceclient.ReplyError
+	switch {
+	case errors.As(cause, &badReply):
+		reason = reasonInvalidReply // the reply did not decode or validate as a CloudEvent
+	case !retryable(cause):
 		reason = reasonNotRetryable
 	}
 	target := tr.Subscriber.Target()
