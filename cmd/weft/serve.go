@@ -256,9 +256,14 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		grp.Go(func() error { return registry.Run(lower) })
 	}
 	grp.Go(func() error { return meter.Run(lower) })
+	// The HTTP server stops before the broker: requests already being stored
+	// finish against a running JetStream (at most PublishTimeout, 5s) instead
+	// of losing their connection to it half-way.
+	brokerCtx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBroker()
 	grp.Go(func() error {
 		defer stopLower()
-		return b.Run(ctx)
+		return b.Run(brokerCtx)
 	})
 	grp.Go(func() error {
 		err := srv.Serve(ln)
@@ -269,9 +274,14 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	})
 	grp.Go(func() error {
 		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer stopBroker()
+		sctx, cancel := context.WithTimeout(context.Background(), httpDrainTimeout)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("HTTP requests still open at shutdown were cut", "after", httpDrainTimeout, "err", err)
+			_ = srv.Close()
+		}
+		return nil
 	})
 	grp.Go(func() error {
 		select {
@@ -294,6 +304,10 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	})
 	return grp.Wait()
 }
+
+// httpDrainTimeout bounds waiting for open HTTP requests at shutdown: twice
+// the broker's publish timeout, so an ingress request always gets its answer.
+const httpDrainTimeout = 10 * time.Second
 
 // checkManifests parses every manifest without applying anything.
 func checkManifests(paths []string) error {
