@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -103,7 +104,7 @@ type Router struct {
 	log      *slog.Logger
 	fns      Functions
 	services atomic.Pointer[map[string]*service]
-	plain    *http.Transport // to function instances on loopback
+	plain    *h1Transport // to function instances on loopback
 
 	remoteMu sync.Mutex
 	remote   map[string]*service // function → its other nodes, rebuilt when they change
@@ -117,12 +118,15 @@ func New(cfg Config, fns Functions, log *slog.Logger) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{cfg: cfg, clk: cfg.Clock, log: log, fns: fns, plain: newTransport(nil), remote: map[string]*service{}}
+	r := &Router{cfg: cfg, clk: cfg.Clock, log: log, fns: fns, plain: newH1Transport(nil), remote: map[string]*service{}}
 	empty := map[string]*service{}
 	r.services.Store(&empty)
 	return r
 }
 
+// newTransport returns a net/http transport with the router's settings. The
+// router itself carries requests with h1Transport; tests use this one as an
+// independent client.
 func newTransport(tc *tls.Config) *http.Transport {
 	return &http.Transport{
 		Proxy:               nil, // the router is the proxy
@@ -142,36 +146,36 @@ type service struct {
 	svc       *Service
 	routes    *RouteTable
 	eps       []*Endpoint
-	urls      map[*Endpoint]*url.URL
+	targets   map[*Endpoint]target
 	bal       Balancer
 	outlier   *OutlierDetector
 	budget    *Budget
 	policy    RetryPolicy
-	transport *http.Transport
+	transport *h1Transport
 	identity  *Identity
 	clk       Clock
 	host      string      // when set, the Host header of every request (a remote node's inbound picks the function by it)
 	authz     *Authorizer // the Service's allow list; nil when it has none
-	callers   sync.Map    // SPIFFE ID → *http.Transport presenting that caller's SVID
+	callers   sync.Map    // SPIFFE ID → *h1Transport presenting that caller's SVID
 }
 
 // transportFor returns the transport of a call from caller (nil: the node):
 // a Service that speaks mutual TLS with weft's identities gets the calling
 // function's own certificate.
-func (s *service) transportFor(caller *SVIDSource) *http.Transport {
+func (s *service) transportFor(caller *SVIDSource) *h1Transport {
 	if caller == nil || s.identity == nil || s.svc.TLS.Mode != TLSMutual || s.svc.TLS.CertFile != "" {
 		return s.transport
 	}
 	key := caller.ID().String()
 	if t, ok := s.callers.Load(key); ok {
-		return t.(*http.Transport)
+		return t.(*h1Transport)
 	}
 	match := spiffeid.MatchMemberOf(s.identity.Domain)
 	if !s.svc.TLS.SPIFFEID.IsZero() {
 		match = spiffeid.MatchID(s.svc.TLS.SPIFFEID)
 	}
-	t, _ := s.callers.LoadOrStore(key, newTransport(ClientTLS(caller, s.identity.Bundle, match, WithTLSClock(s.clk))))
-	return t.(*http.Transport)
+	t, _ := s.callers.LoadOrStore(key, newH1Transport(ClientTLS(caller, s.identity.Bundle, match, WithTLSClock(s.clk))))
+	return t.(*h1Transport)
 }
 
 // Prepare builds the routing state of svcs, loading their TLS files, without
@@ -245,7 +249,7 @@ func (r *Router) build(svc *Service, prev *service) (*service, error) {
 		return nil, err
 	}
 	s := &service{svc: svc, routes: routes, bal: bal, outlier: outlier, budget: budget, policy: policy,
-		urls: map[*Endpoint]*url.URL{}, identity: r.cfg.Identity, clk: r.clk}
+		targets: map[*Endpoint]target{}, identity: r.cfg.Identity, clk: r.clk}
 	if len(svc.Allow) > 0 {
 		if r.cfg.Identity == nil {
 			return nil, errors.New("allow needs weft's identities (the node runs without a CA)")
@@ -274,18 +278,22 @@ func (r *Router) build(svc *Service, prev *service) (*service, error) {
 		if ep == nil {
 			ep = NewEndpoint(u.String(), r.clk)
 		}
+		tgt, err := targetOf(u, "")
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %s: %w", u, err)
+		}
 		s.eps = append(s.eps, ep)
-		s.urls[ep] = u
+		s.targets[ep] = tgt
 	}
 	outlier.SetEndpoints(s.eps)
 	return s, nil
 }
 
-func (r *Router) transportFor(svc *Service) (*http.Transport, error) {
+func (r *Router) transportFor(svc *Service) (*h1Transport, error) {
 	t := svc.TLS
 	switch t.Mode {
 	case TLSDisable, "":
-		return newTransport(nil), nil
+		return newH1Transport(nil), nil
 	case TLSSimple:
 		tc := &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
 		if t.CAFile != "" {
@@ -295,7 +303,7 @@ func (r *Router) transportFor(svc *Service) (*http.Transport, error) {
 			}
 			tc.RootCAs = pool
 		}
-		return newTransport(tc), nil
+		return newH1Transport(tc), nil
 	case TLSMutual:
 		if t.CertFile != "" {
 			cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
@@ -310,7 +318,7 @@ func (r *Router) transportFor(svc *Service) (*http.Transport, error) {
 				}
 				tc.RootCAs = pool
 			}
-			return newTransport(tc), nil
+			return newH1Transport(tc), nil
 		}
 		id := r.cfg.Identity
 		if id == nil {
@@ -320,7 +328,7 @@ func (r *Router) transportFor(svc *Service) (*http.Transport, error) {
 		if !t.SPIFFEID.IsZero() {
 			match = spiffeid.MatchID(t.SPIFFEID)
 		}
-		return newTransport(ClientTLS(id.SVID, id.Bundle, match, WithTLSClock(r.clk))), nil
+		return newH1Transport(ClientTLS(id.SVID, id.Bundle, match, WithTLSClock(r.clk))), nil
 	}
 	return nil, fmt.Errorf("unknown tls mode %q", t.Mode)
 }
@@ -351,8 +359,12 @@ func (r *Router) Resolves(host string) bool {
 }
 
 func hostname(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	// SplitHostPort builds an error for a host without a port, the usual
+	// case (http://payments/): look for one first.
+	if strings.IndexByte(host, ':') >= 0 {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
 	}
 	return strings.ToLower(host)
 }
@@ -469,10 +481,7 @@ func (r *Router) callFunction(req *http.Request, name string) (*http.Response, e
 	if err != nil {
 		return nil, fmt.Errorf("function %s: %w", name, err)
 	}
-	out := req.Clone(req.Context())
-	out.URL.Scheme, out.URL.Host, out.Host = "http", addr, name
-	out.RequestURI = ""
-	resp, err := r.plain.RoundTrip(out)
+	resp, err := r.plain.exchange(req.Context(), req, req.Body, target{addr: addr, key: addr, host: name}, time.Time{})
 	if err != nil {
 		release(err)
 		return nil, fmt.Errorf("function %s: %w", name, err)
@@ -487,87 +496,114 @@ func (r *Router) callFunction(req *http.Request, name string) (*http.Response, e
 
 // do sends req to one of the Service's endpoints, retrying per its policy
 // within its budget.
+//
+// The Service's timeout is a deadline handed to the transport rather than a
+// context: it bounds the same things (every attempt, the backoffs between
+// them and the answer's body) without a context, a timer and a
+// registration with the parent context per call. Errors it causes wrap
+// context.DeadlineExceeded, as a timeout context's would.
 func (s *service) do(req *http.Request, clk Clock) (*http.Response, error) {
 	if len(s.eps) == 0 {
 		return nil, fmt.Errorf("service %s: no endpoints", s.svc.Name)
 	}
-	ctx, cancel := req.Context(), context.CancelFunc(func() {})
+	ctx := req.Context()
+	var deadline time.Time
 	if s.policy.Timeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, s.policy.Timeout)
+		deadline = time.Now().Add(s.policy.Timeout)
 	}
 	replayable, err := makeReplayable(req)
 	if err != nil {
-		cancel()
 		return nil, err
 	}
 	s.budget.Deposit()
-	cands := make([]*Endpoint, 0, len(s.eps))
 	for attempt := 1; ; attempt++ {
-		cands = Available(cands[:0], s.eps, clk.Now())
-		ep := s.bal.Pick(cands)
-		resp, tryCancel, err := s.try(ctx, req, ep, clk)
+		ep := s.pick(clk)
+		resp, err := s.try(ctx, req, ep, clk, deadline)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		last := attempt >= s.policy.Attempts || !replayable || ctx.Err() != nil ||
+		last := attempt >= s.policy.Attempts || !replayable || ctx.Err() != nil || past(deadline) ||
 			!RetryableRequest(req, status, err, s.policy) || !s.budget.Withdraw()
 		if last {
 			if err != nil {
-				tryCancel()
-				cancel()
 				return nil, fmt.Errorf("service %s: %w", s.svc.Name, err)
 			}
-			resp.Body = &onClose{ReadCloser: resp.Body, fn: func() { tryCancel(); cancel() }}
 			return resp, nil
 		}
 		if resp != nil {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 		}
-		tryCancel()
-		t := time.NewTimer(Backoff(attempt, nil))
+		wait := Backoff(attempt, nil)
+		if !deadline.IsZero() {
+			wait = min(wait, time.Until(deadline))
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
+			if past(deadline) {
+				return nil, fmt.Errorf("service %s: %w", s.svc.Name, context.DeadlineExceeded)
+			}
 		case <-ctx.Done():
 			t.Stop()
-			cancel()
 			return nil, fmt.Errorf("service %s: %w", s.svc.Name, ctx.Err())
 		}
 	}
 }
 
-// try sends one attempt to ep and records its outcome.
-func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk Clock) (*http.Response, context.CancelFunc, error) {
-	tryCtx, cancel := ctx, context.CancelFunc(func() {})
+// past reports whether deadline, when set, has passed.
+func past(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
+
+// pick chooses the endpoint of the next attempt among those not ejected.
+// With one endpoint every balancer picks it, ejected or not (panic mode),
+// so the candidates are not listed.
+func (s *service) pick(clk Clock) *Endpoint {
+	if len(s.eps) == 1 {
+		return s.eps[0]
+	}
+	p := candidatesPool.Get().(*[]*Endpoint)
+	cands := Available((*p)[:0], s.eps, clk.Now())
+	ep := s.bal.Pick(cands)
+	clear(cands)
+	*p = cands[:0]
+	candidatesPool.Put(p)
+	return ep
+}
+
+// candidatesPool holds the slices pick lists candidates in.
+var candidatesPool = sync.Pool{New: func() any { return new([]*Endpoint) }}
+
+// try sends one attempt to ep, within deadline (zero: none) and the
+// Service's per-try timeout, and records its outcome.
+func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk Clock, deadline time.Time) (*http.Response, error) {
+	tryDeadline, perTry := deadline, false
 	if s.policy.PerTryTimeout > 0 {
-		tryCtx, cancel = context.WithTimeoutCause(ctx, s.policy.PerTryTimeout, ErrPerTryTimeout)
-	}
-	out := req.Clone(tryCtx)
-	target := s.urls[ep]
-	out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
-	if s.host != "" {
-		out.Host = s.host
-	}
-	out.RequestURI = ""
-	if req.GetBody != nil {
-		body, err := req.GetBody()
-		if err != nil {
-			cancel()
-			return nil, cancel, err
+		if d := time.Now().Add(s.policy.PerTryTimeout); deadline.IsZero() || d.Before(deadline) {
+			tryDeadline, perTry = d, true
 		}
-		out.Body = body
+	}
+	tgt := s.targets[ep]
+	if s.host != "" {
+		tgt.host = s.host
+	}
+	body := req.Body
+	if req.GetBody != nil {
+		var err error
+		if body, err = req.GetBody(); err != nil {
+			return nil, err
+		}
 	}
 	start := clk.Now()
 	ep.Begin()
-	resp, err := s.transportFor(callerOf(ctx)).RoundTrip(out)
-	if err != nil && errors.Is(context.Cause(tryCtx), ErrPerTryTimeout) {
+	resp, err := s.transportFor(callerOf(ctx)).exchange(ctx, req, body, tgt, tryDeadline)
+	if err != nil && perTry && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("%w: %w", ErrPerTryTimeout, err)
 	}
 	ok := err == nil && resp.StatusCode < 500
 	ep.End(clk.Now().Sub(start), ok)
 	s.outlier.Observe(ep, ok)
-	return resp, cancel, err
+	return resp, err
 }
 
 // makeReplayable buffers a small body so retries can send it again, and
@@ -584,7 +620,7 @@ func makeReplayable(req *http.Request) (bool, error) {
 		return false, fmt.Errorf("read request body: %w", err)
 	}
 	req.Body.Close()
-	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(data))), nil }
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	req.Body, _ = req.GetBody()
 	return true, nil
 }
@@ -640,56 +676,4 @@ func (r *Router) Status() []ServiceStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
-}
-
-// hopHeaders are connection-level headers a proxy must not forward (RFC 9110
-// section 7.6.1).
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// ServeHTTP carries a proxied request (absolute-form, as HTTP_PROXY sends
-// it, or with the name in Host) through the router and writes the answer:
-// 502 when no endpoint answered, 504 on a timeout, 404 for an unknown name.
-func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	ctx := req.Context()
-	if r.cfg.Workloads != nil {
-		if src, ok := r.cfg.Workloads.Caller(req); ok {
-			ctx = WithCaller(ctx, src)
-		}
-	}
-	out := req.Clone(ctx)
-	out.RequestURI = ""
-	if out.URL.Host == "" {
-		out.URL.Host = req.Host
-	}
-	if out.URL.Scheme == "" {
-		out.URL.Scheme = "http"
-	}
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
-	}
-	resp, err := r.RoundTrip(out)
-	if err != nil {
-		status := http.StatusBadGateway
-		switch {
-		case errors.Is(err, ErrUnknownHost), errors.Is(err, ErrNoRoute):
-			status = http.StatusNotFound
-		case errors.Is(err, ErrNotAllowed):
-			status = http.StatusForbidden
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrPerTryTimeout):
-			status = http.StatusGatewayTimeout
-		}
-		r.log.Debug("routing failed", "host", out.URL.Host, "err", err)
-		http.Error(w, "weft router: "+err.Error(), status)
-		return
-	}
-	defer resp.Body.Close()
-	for _, h := range hopHeaders {
-		resp.Header.Del(h)
-	}
-	for k, vs := range resp.Header {
-		w.Header()[k] = vs
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
 }

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"slices"
@@ -34,10 +35,10 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Load generator: weft against a reference measured in the same run (throughput, latency percentiles, ratio)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCode(exitUsage, errors.New("bench: name a scenario (ingest)"))
+			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, router, footprint)"))
 		},
 	}
-	cmd.AddCommand(newBenchIngestCmd(g))
+	cmd.AddCommand(newBenchIngestCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g))
 	return cmd
 }
 
@@ -338,51 +339,90 @@ func (s *benchSide) summarize() {
 	s.loadStats = m
 }
 
-// runLoad drives target for cfg.Duration with cfg.Concurrency closed-loop
-// workers. Requests in flight at the deadline are waited for and counted;
-// the rates divide by the time until the last one answered. tick, when not
-// nil, is called about twice a second from one goroutine.
+// runLoad drives weft's ingress (or the reference) at target with
+// cfg.Concurrency closed-loop workers posting CloudEvents for cfg.Duration;
+// a 202 answer counts as accepted.
 func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sent int64, elapsed time.Duration)) (loadStats, error) {
 	runID, err := uuid.NewV7()
 	if err != nil {
 		return loadStats{}, fmt.Errorf("generate run id: %w", err)
 	}
+	gen := newEventGen(cfg, runID.String())
+	return driveLoad(ctx, loadSpec{
+		Concurrency: cfg.Concurrency,
+		Duration:    cfg.Duration,
+		OK:          http.StatusAccepted,
+		PerRequest:  cfg.eventsPerRequest(),
+		NewRequest: func(ctx context.Context, w, seq int) (*http.Request, error) {
+			// A fresh buffer each time: the transport may still read
+			// a body after Do returns (an early answer).
+			buf := gen.body(make([]byte, 0, gen.sizeHint()), w, seq)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(buf))
+			if err != nil {
+				return nil, err
+			}
+			gen.header(req.Header, w, seq)
+			return req, nil
+		},
+	}, tick)
+}
+
+// loadSpec is one closed-loop run: Concurrency workers, one keep-alive
+// connection each, send NewRequest's requests one after the other for
+// Duration.
+type loadSpec struct {
+	Concurrency int
+	Duration    time.Duration
+	// OK is the status that counts as a success (Accepted, latencies).
+	OK int
+	// PerRequest is the number of events one OK answer stands for.
+	PerRequest int
+	// Proxy, when set, is the forward proxy every request goes through, as
+	// HTTP_PROXY would make it (absolute-form requests).
+	Proxy *url.URL
+	// NewRequest builds request seq of worker w.
+	NewRequest func(ctx context.Context, w, seq int) (*http.Request, error)
+}
+
+// driveLoad runs spec. Requests in flight at the deadline are waited for
+// and counted; the rates divide by the time until the last one answered.
+// tick, when not nil, is called about twice a second from one goroutine.
+func driveLoad(ctx context.Context, spec loadSpec, tick func(sent int64, elapsed time.Duration)) (loadStats, error) {
 	tr := &http.Transport{
-		Proxy:               nil, // measure the path to the node, not a proxy
+		Proxy:               nil, // measure the path to the target, not a proxy of the environment
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        cfg.Concurrency,
-		MaxIdleConnsPerHost: cfg.Concurrency,
-		MaxConnsPerHost:     cfg.Concurrency,
+		MaxIdleConns:        spec.Concurrency,
+		MaxIdleConnsPerHost: spec.Concurrency,
+		MaxConnsPerHost:     spec.Concurrency,
 		DisableCompression:  true,
 		IdleConnTimeout:     90 * time.Second,
 	}
+	if spec.Proxy != nil {
+		tr.Proxy = http.ProxyURL(spec.Proxy)
+	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	gen := newEventGen(cfg, runID.String())
 
 	type result struct {
 		st  loadStats
 		lat []time.Duration
 	}
-	results := make([]result, cfg.Concurrency)
+	results := make([]result, spec.Concurrency)
 	var sent atomic.Int64
 	start := time.Now()
-	deadline := start.Add(cfg.Duration)
+	deadline := start.Add(spec.Duration)
 	var wg sync.WaitGroup
-	for w := range cfg.Concurrency {
+	for w := range spec.Concurrency {
 		wg.Go(func() {
 			res := &results[w]
+			res.lat = make([]time.Duration, 0, 1024)
 			for seq := 0; ctx.Err() == nil && time.Now().Before(deadline); seq++ {
-				// A fresh buffer each time: the transport may still read
-				// a body after Do returns (an early answer).
-				buf := gen.body(make([]byte, 0, gen.sizeHint()), w, seq)
-				req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(buf))
+				req, err := spec.NewRequest(ctx, w, seq)
 				if err != nil {
 					res.st.Errors++
 					res.st.FirstError = err.Error()
 					return
 				}
-				gen.header(req.Header, w, seq)
 				t0 := time.Now()
 				resp, err := client.Do(req)
 				sent.Add(1)
@@ -398,7 +438,7 @@ func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sen
 				resp.Body.Close()
 				d := time.Since(t0)
 				switch resp.StatusCode {
-				case http.StatusAccepted:
+				case spec.OK:
 					res.st.Accepted++
 					res.lat = append(res.lat, d)
 				case http.StatusTooManyRequests:
@@ -452,7 +492,7 @@ func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sen
 		}
 		lat = append(lat, r.lat...)
 	}
-	st.Events = st.Accepted * int64(cfg.eventsPerRequest())
+	st.Events = st.Accepted * int64(max(spec.PerRequest, 1))
 	st.Seconds = elapsed.Seconds()
 	st.EventsPerSec = float64(st.Events) / st.Seconds
 	st.RequestsPerSec = float64(st.Accepted) / st.Seconds

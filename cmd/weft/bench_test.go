@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -242,5 +244,162 @@ func TestJetStreamReference(t *testing.T) {
 	}
 	if st.Accepted == 0 || st.EventsPerSec <= 0 || st.Errors != 0 || st.P50ms > st.P99ms || st.P99ms > st.MaxMs {
 		t.Fatalf("reference stats %+v", st)
+	}
+}
+
+// TestBenchRouter runs every side of `weft bench router` briefly against
+// the real weft binary: the direct baseline, weft's router plain and with
+// mutual TLS, and nginx when it is installed (else reported as such).
+func TestBenchRouter(t *testing.T) {
+	skipShort(t)
+	cfg := routerConfig{Duration: 300 * time.Millisecond, Concurrency: 2, Rounds: 1, Size: 64, MTLS: true, Weft: weftBin, NginxWorkers: "1"}
+	rep, err := benchRouter(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, why := findNginx("")
+	sides := map[string]*routerSide{"direct": &rep.Direct, "weft": &rep.Weft, "weft-mtls": &rep.WeftMTLS}
+	if why == "" {
+		sides["nginx"] = &rep.Nginx
+	} else if rep.Nginx.Skipped != "not installed" || rep.Nginx.measured() {
+		t.Errorf("nginx is not installed but reported %q, measured %v", rep.Nginx.Skipped, rep.Nginx.measured())
+	}
+	for name, s := range sides {
+		if !s.measured() || s.Accepted == 0 || s.RequestsPerSec <= 0 || s.P50ms <= 0 || s.P50ms > s.P99ms {
+			t.Errorf("%s not measured: %+v", name, s.loadStats)
+		}
+		if s.Errors+s.Status429+s.Status503+s.StatusOther != 0 {
+			t.Errorf("%s: failures: %s", name, benchSide{loadStats: s.loadStats}.failures())
+		}
+		if name != "direct" && s.CPUPerRequestUs <= 0 {
+			t.Errorf("%s: no CPU per request measured", name)
+		}
+	}
+	if len(rep.Goals) != 5 {
+		t.Fatalf("%d goal checks, want 5", len(rep.Goals))
+	}
+	for _, g := range rep.Goals {
+		if g.Measured != (why == "" || strings.HasPrefix(g.Criterion, "mutual TLS")) {
+			t.Errorf("goal %q measured %v with nginx %q", g.Criterion, g.Measured, why)
+		}
+	}
+	var out bytes.Buffer
+	if err := printOut(&out, "json", rep); err != nil {
+		t.Fatal(err)
+	}
+	var back routerReport
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
+	}
+	if back.Weft.AddedP50us != rep.Weft.AddedP50us || back.Weft.CPUPerRequestUs != rep.Weft.CPUPerRequestUs || len(back.Weft.Rounds) != 1 {
+		t.Errorf("JSON round trip differs: %+v", back.Weft)
+	}
+	out.Reset()
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"added p50", "CPU/request", "weft/nginx", "goal 6", "CPUs"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchRouterCommand: the verb's flags, JSON output, and nginx left out
+// on request.
+func TestBenchRouterCommand(t *testing.T) {
+	skipShort(t)
+	var out bytes.Buffer
+	g := &globals{output: "json", stdout: &out, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"router", "--duration", "200ms", "--rounds", "1", "--concurrency", "1", "--mtls=false", "--nginx", "none", "--weft", weftBin})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var rep routerReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output: %v\n%s", err, out.String())
+	}
+	if rep.Weft.Accepted == 0 || rep.Direct.Accepted == 0 {
+		t.Errorf("a side was not measured: weft %+v direct %+v", rep.Weft.loadStats, rep.Direct.loadStats)
+	}
+	if rep.Nginx.Skipped == "" || rep.WeftMTLS.Skipped == "" || rep.Nginx.measured() || rep.WeftMTLS.measured() {
+		t.Errorf("skipped sides: nginx %q, weft-mtls %q", rep.Nginx.Skipped, rep.WeftMTLS.Skipped)
+	}
+}
+
+func TestBenchRouterUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"router", "--concurrency", "0"},
+		{"router", "--rounds", "0"},
+		{"router", "--nginx-workers", "many"},
+		{"footprint", "--rounds", "0"},
+		{"footprint", "--functions", "-1"},
+	} {
+		g := &globals{output: "table", stdout: io.Discard, stderr: io.Discard}
+		cmd := newBenchCmd(g)
+		cmd.SetArgs(args)
+		err := cmd.ExecuteContext(t.Context())
+		var ee *exitErr
+		if !errors.As(err, &ee) || ee.code != exitUsage {
+			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
+		}
+	}
+}
+
+// TestBenchFootprint measures a real weft serve against the embedded
+// nats-server (no nats-server binary needed), with a few Functions at zero.
+func TestBenchFootprint(t *testing.T) {
+	skipShort(t)
+	cfg := footprintConfig{Rounds: 1, Settle: 200 * time.Millisecond, Functions: 5, Weft: weftBin, NATSServer: "embedded"}
+	rep, err := benchFootprint(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Embedded || rep.Weft.IdleRSS <= 0 || rep.NATS.IdleRSS <= 0 || rep.Ratio <= 0 {
+		t.Errorf("report: %+v", rep)
+	}
+	w := rep.Weft.Rounds[0]
+	if w.FunctionsListedByAPI != 5 || w.FunctionsRSS <= 0 || w.ProcessesAtZero != 0 || rep.Weft.MaxProcesses != 0 {
+		t.Errorf("weft round with Functions at zero: %+v", w)
+	}
+	if len(rep.Goals) != 3 || !rep.Goals[2].Met {
+		t.Errorf("goals: %+v", rep.Goals)
+	}
+	var out bytes.Buffer
+	if err := printOut(&out, "json", rep); err != nil {
+		t.Fatal(err)
+	}
+	var back footprintReport
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back.Weft.IdleRSS != rep.Weft.IdleRSS {
+		t.Fatalf("JSON round trip: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"idle RSS", "Functions at scale 0", "goal 8", "upper bound"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchProcReadings reads this process's CPU time and memory, and
+// finds a child it started.
+func TestBenchProcReadings(t *testing.T) {
+	if cpu, err := procCPU(os.Getpid()); err != nil || cpu < 0 {
+		t.Errorf("procCPU: %v %v", cpu, err)
+	}
+	if rss, hwm, err := procRSS(os.Getpid()); err != nil || rss <= 0 || hwm < rss {
+		t.Errorf("procRSS: %d %d %v", rss, hwm, err)
+	}
+	p, err := startProc("sleep", "sleep", "30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	if !slices.Contains(children(os.Getpid()), p.pid()) {
+		t.Errorf("children(%d) = %v, lacks %d", os.Getpid(), children(os.Getpid()), p.pid())
 	}
 }

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Processes that `weft bench router` and `weft bench footprint` start and
+// measure: weft serve, nginx, nats-server. Linux only (/proc).
+
+// benchProc is a child process with its combined output kept for errors.
+type benchProc struct {
+	name   string
+	cmd    *exec.Cmd
+	out    *lockedBuffer
+	exited chan struct{} // closed once Wait returned
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.b.Len() > 64<<10 { // keep the start: it says why a process failed
+		return len(p), nil
+	}
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startProc starts bin with args in its own process group, so that stop
+// reaches whatever it spawned.
+func startProc(name, bin string, args ...string) (*benchProc, error) {
+	p := &benchProc{name: name, cmd: exec.Command(bin, args...), out: &lockedBuffer{}, exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }() // owned: stop waits on exited
+	return p, nil
+}
+
+func (p *benchProc) pid() int { return p.cmd.Process.Pid }
+
+// failed describes an early exit with the process's output.
+func (p *benchProc) failed(what string) error {
+	return fmt.Errorf("%s %s: %s\n%s", p.name, what, p.cmd.ProcessState, strings.TrimSpace(p.out.String()))
+}
+
+// stop sends SIGTERM to the process group, waits up to 10 s, then kills it.
+func (p *benchProc) stop() {
+	_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+		<-p.exited
+	}
+}
+
+// waitUntil polls ready every 20 ms until it holds, the process exits or
+// timeout passes.
+func (p *benchProc) waitUntil(ctx context.Context, timeout time.Duration, what string, ready func() bool) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !ready() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.exited:
+			return p.failed("exited before " + what)
+		case <-deadline.C:
+			return fmt.Errorf("%s: not %s after %s\n%s", p.name, what, timeout, strings.TrimSpace(p.out.String()))
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// httpOK reports whether GET url answers 200.
+func httpOK(url string) bool {
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// tcpOpen reports whether addr accepts a connection.
+func tcpOpen(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// freeAddr returns a loopback address that was free a moment ago (bound and
+// closed), for a child process that must be told its port up front.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("free port: %w", err)
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
+// clockTick is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
+// 100 on every Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// procCPU returns the user plus system CPU time a process has used so far,
+// its exited threads included.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("malformed /proc stat: %w", err)
+	}
+	return time.Duration(utime+stime) * clockTick, nil
+}
+
+// children lists the processes whose parent is pid.
+func children(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) { // field 4, ppid
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// treeCPU is the CPU time of pid and its direct children (nginx's master
+// and workers).
+func treeCPU(pid int) time.Duration {
+	var sum time.Duration
+	for _, p := range append([]int{pid}, children(pid)...) {
+		if d, err := procCPU(p); err == nil {
+			sum += d
+		}
+	}
+	return sum
+}
+
+// procRSS returns VmRSS and VmHWM (peak RSS) of a process, in bytes.
+func procRSS(pid int) (rss, hwm int64, err error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		f := strings.Fields(v) // "12345 kB"
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, 0, fmt.Errorf("malformed %s in /proc status: %q", k, v)
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("malformed %s in /proc status: %w", k, err)
+		}
+		if k == "VmRSS" {
+			rss = n << 10
+		} else {
+			hwm = n << 10
+		}
+	}
+	if rss == 0 {
+		return 0, 0, errors.New("no VmRSS in /proc status")
+	}
+	return rss, hwm, nil
+}
+
+// weftExecutable is the weft binary to run as a child: flag, or this one.
+func weftExecutable(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find weft's own binary (give --weft): %w", err)
+	}
+	return exe, nil
+}
