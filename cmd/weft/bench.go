@@ -35,10 +35,11 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Load generator: weft against a reference measured in the same run (throughput, latency percentiles, ratio)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, router, footprint)"))
+			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, router, footprint, e2e, scale)"))
 		},
 	}
-	cmd.AddCommand(newBenchIngestCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g))
+	cmd.AddCommand(newBenchIngestCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g),
+		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchWorkerCmd())
 	return cmd
 }
 
@@ -219,7 +220,14 @@ type ingestReport struct {
 		P99          float64 `json:"p99"`
 		// EventsPerSecJetStream is weft ÷ the JetStream reference.
 		EventsPerSecJetStream float64 `json:"events_per_sec_jetstream,omitempty"`
+		// P50HopSum and P99HopSum are issue 5's goal-3 ratios: weft ÷
+		// (reference + JetStream publish), at one connection, one event
+		// per request, with the JetStream reference measured.
+		P50HopSum float64 `json:"p50_hop_sum,omitempty"`
+		P99HopSum float64 `json:"p99_hop_sum,omitempty"`
 	} `json:"ratio"`
+	// Goals holds goal 3's checks when they apply (see Ratio.P50HopSum).
+	Goals   []goalCheck `json:"goals,omitempty"`
 	Machine machineInfo `json:"machine"`
 }
 
@@ -304,6 +312,16 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	if rep.JetStream != nil {
 		rep.JetStream.summarize()
 		rep.Ratio.EventsPerSecJetStream = ratio(rep.Weft.EventsPerSec, rep.JetStream.EventsPerSec)
+		if cfg.Concurrency == 1 && cfg.eventsPerRequest() == 1 {
+			j := rep.JetStream
+			rep.Ratio.P50HopSum = ratio(rep.Weft.P50ms, rep.Reference.P50ms+j.P50ms)
+			rep.Ratio.P99HopSum = ratio(rep.Weft.P99ms, rep.Reference.P99ms+j.P99ms)
+			measured := rep.Weft.Accepted > 0 && rep.Reference.Accepted > 0 && j.Accepted > 0
+			rep.Goals = []goalCheck{
+				newGoalCheck("p50 ≤ 1.2 × (HTTP hop + fsynced publish)", rep.Weft.P50ms, 1.2*(rep.Reference.P50ms+j.P50ms), "ms", false, measured),
+				newGoalCheck("p99 ≤ 1.5 × (sum of their p99s)", rep.Weft.P99ms, 1.5*(rep.Reference.P99ms+j.P99ms), "ms", false, measured),
+			}
+		}
 	}
 	return rep, nil
 }
@@ -651,6 +669,10 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if j := r.JetStream; j != nil {
 		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
 			j.Target, num(j.EventsPerSec), lat(j.P50ms), lat(j.P99ms), rat(r.Ratio.EventsPerSecJetStream))
+	}
+	if len(r.Goals) > 0 {
+		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", rat(r.Ratio.P50HopSum), rat(r.Ratio.P99HopSum))
+		writeGoals(w, "goal 3 (issue 5):", r.Goals)
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-dev/weft/internal/testutil"
+)
+
+// checkLatencySide fails t unless side s was measured: samples, ordered
+// percentiles, no failures, one entry per round.
+func checkLatencySide(t *testing.T, name string, s benchSide, rounds int) {
+	t.Helper()
+	if s.Accepted == 0 {
+		t.Errorf("%s: no sample (%s)", name, s.failures())
+		return
+	}
+	if !(0 < s.P50ms && s.P50ms <= s.P90ms && s.P90ms <= s.P99ms && s.P99ms <= s.MaxMs) {
+		t.Errorf("%s: percentiles out of order: p50 %v p90 %v p99 %v max %v", name, s.P50ms, s.P90ms, s.P99ms, s.MaxMs)
+	}
+	if s.Errors+s.Status429+s.Status503+s.StatusOther != 0 {
+		t.Errorf("%s: failures: %s", name, s.failures())
+	}
+	if len(s.Rounds) != rounds {
+		t.Errorf("%s: %d rounds, want %d", name, len(s.Rounds), rounds)
+	}
+}
+
+// TestBenchE2E runs `weft bench e2e` briefly against the real binary, with
+// its own hidden worker as the Function: weft's path and every hop are
+// measured, summed and checked against goal 4.
+func TestBenchE2E(t *testing.T) {
+	skipShort(t)
+	cfg := e2eConfig{Duration: 300 * time.Millisecond, Rounds: 1, Size: 256, Weft: weftBin}
+	rep, err := benchE2E(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]benchSide{"weft": rep.Weft, "http": rep.HTTP, "publish": rep.Publish, "consume": rep.Consume, "worker": rep.Worker} {
+		checkLatencySide(t, name, s, 1)
+	}
+	want := rep.HTTP.P50ms + rep.Publish.P50ms + rep.Consume.P50ms + rep.Worker.P50ms
+	if rep.Sum.P50ms != want || rep.Sum.P99ms < rep.Sum.P50ms {
+		t.Errorf("sum of hops %+v, want p50 %v", rep.Sum, want)
+	}
+	if rep.Ratio.P50 <= 0 || rep.Ratio.P99 <= 0 {
+		t.Errorf("ratio not computed: %+v", rep.Ratio)
+	}
+	if len(rep.Goals) != 2 || !rep.Goals[0].Measured || !rep.Goals[1].Measured {
+		t.Errorf("goal 4 not checked: %+v", rep.Goals)
+	}
+	var out bytes.Buffer
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"sum of hops", "weft ÷ sum", "goal 4", "consume", "machine:"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+}
+
+// TestBenchScale runs `weft bench scale` briefly through the command, with
+// the smallest worker (testdata/benchworker) given by --worker: both sides
+// measured, JSON out, goal 7 checked, and no Function left behind.
+func TestBenchScale(t *testing.T) {
+	skipShort(t)
+	worker := filepath.Join(t.TempDir(), "benchworker")
+	if b, err := exec.Command("go", "build", "-o", worker, "./testdata/benchworker").CombinedOutput(); err != nil {
+		t.Fatalf("build benchworker: %v\n%s", err, b)
+	}
+	var out bytes.Buffer
+	g := &globals{output: "json", stdout: &out, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"scale", "--samples", "3", "--rounds", "2", "--weft", weftBin, "--worker", worker})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var rep scaleReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output: %v\n%s", err, out.String())
+	}
+	checkLatencySide(t, "weft", rep.Weft, 2)
+	checkLatencySide(t, "by hand", rep.ByHand, 2)
+	if rep.Weft.Accepted != 6 || rep.ByHand.Accepted != 6 {
+		t.Errorf("samples: weft %d, by hand %d, want 6 each", rep.Weft.Accepted, rep.ByHand.Accepted)
+	}
+	if rep.Ratio.P50 <= 0 || rep.Ratio.P90 <= 0 || rep.Worker != worker {
+		t.Errorf("ratio %+v, worker %q", rep.Ratio, rep.Worker)
+	}
+	if len(rep.Goals) != 2 || !rep.Goals[0].Measured || !rep.Goals[1].Measured {
+		t.Errorf("goal 7 not checked: %+v", rep.Goals)
+	}
+}
+
+// TestBenchWorker: the hidden worker answers 200 and reports each event's
+// id and arrival time over UDP.
+func TestBenchWorker(t *testing.T) {
+	skipShort(t)
+	a, err := newArrivals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	p, err := startWorkerProc(workerArgv(weftBin, ""), port, benchWorkerReportEnv+"="+a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	testutil.WaitFor(t, 30*time.Second, func() bool { return tcpOpen(addr) }, "bench worker not listening")
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+addr+"/", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Ce-Id", "w-1")
+	before := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %s", resp.Status)
+	}
+	at, err := a.wait(t.Context(), "w-1", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at.Before(before.Add(-time.Second)) || at.After(time.Now().Add(time.Second)) {
+		t.Errorf("arrival %v outside the request (%v…now)", at, before)
+	}
+}
+
+// TestBenchIngestGoal3: at one connection with the JetStream reference,
+// ingest reports weft ÷ (HTTP + publish) and checks goal 3; at more
+// connections it does not.
+func TestBenchIngestGoal3(t *testing.T) {
+	srv, _ := ingestStub(t, http.StatusAccepted)
+	for _, c := range []int{1, 2} {
+		cfg := ingestConfig{Server: srv.URL, Duration: 300 * time.Millisecond, Concurrency: c, Size: 256, Rounds: 1, Mode: "binary", JetStream: true}
+		rep, err := benchIngest(t.Context(), cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.JetStream == nil || rep.JetStream.Accepted == 0 || rep.JetStream.P50ms <= 0 || rep.JetStream.P50ms > rep.JetStream.P99ms {
+			t.Fatalf("concurrency %d: JetStream percentiles not measured: %+v", c, rep.JetStream)
+		}
+		if c > 1 {
+			if len(rep.Goals) != 0 || rep.Ratio.P50HopSum != 0 {
+				t.Errorf("concurrency %d: goal 3 checked: %+v", c, rep.Goals)
+			}
+			continue
+		}
+		want := rep.Weft.P50ms / (rep.Reference.P50ms + rep.JetStream.P50ms)
+		if rep.Ratio.P50HopSum != want || rep.Ratio.P99HopSum <= 0 {
+			t.Errorf("goal-3 ratios %v / %v, want p50 %v", rep.Ratio.P50HopSum, rep.Ratio.P99HopSum, want)
+		}
+		if len(rep.Goals) != 2 || !rep.Goals[0].Measured {
+			t.Errorf("goal 3 not checked: %+v", rep.Goals)
+		}
+		var out bytes.Buffer
+		if err := rep.writeTable(&out); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "goal 3") {
+			t.Errorf("table lacks goal 3:\n%s", out.String())
+		}
+	}
+}
+
+func TestBenchE2EUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"e2e", "--duration", "0s"},
+		{"e2e", "--rounds", "0"},
+		{"e2e", "--size", "-1"},
+		{"scale", "--samples", "0"},
+		{"scale", "--rounds", "0"},
+	} {
+		g := &globals{output: "table", stdout: io.Discard, stderr: io.Discard}
+		cmd := newBenchCmd(g)
+		cmd.SetArgs(args)
+		err := cmd.ExecuteContext(t.Context())
+		var ee *exitErr
+		if !errors.As(err, &ee) || ee.code != exitUsage {
+			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
+		}
+	}
+}
