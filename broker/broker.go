@@ -288,6 +288,10 @@ func (b *Broker) start() (*conn, error) {
 	if b.cfg.MaxStoreBytes > 0 {
 		opts.JetStreamMaxStore = b.cfg.MaxStoreBytes
 	}
+	// One consumer per busy trigger: nats-server's default of 1,000 consumers
+	// per stream would refuse the 1,001st busy trigger (a stream's own -1
+	// means "unset" to the server, so the limit is lifted here).
+	opts.JetStreamLimits.DefaultMaxConsumers = -1
 	if b.cfg.NATSAddr == "" {
 		opts.DontListen = true
 	} else {
@@ -341,7 +345,7 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 			Name: deliveriesStream, Subjects: []string{deliverPrefix + ">"},
 			Description: "one message per (event, matching trigger), until delivered or dead-lettered",
 			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
-			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20,
+			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20, AllowAtomicPublish: true, // fan-out shares fsyncs (fanout.go)
 		},
 		{
 			Name: dlqStream, Subjects: []string{dlqPrefix + ">"},

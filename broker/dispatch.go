@@ -2,9 +2,11 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +22,14 @@ import (
 // index, and stores one delivery per matching trigger. An event is acked only
 // after all its deliveries are stored; a crash in between redelivers it and
 // the per-(event, trigger) message IDs keep the fan-out from doubling.
+//
+// DispatchWorkers goroutines decode, match and hand the deliveries to the
+// fan-out. When the fan-out commits deliveries in batches, each event then
+// waits for its storage in a goroutine of its own (settle), so matching never
+// waits for an fsync and a commit holds the deliveries of many events; the
+// consumer's MaxAckPending bounds the events in flight. Otherwise the worker
+// waits itself: with an fsync per delivery, more events in flight only
+// crowd out the runners' acks (measured about 10% slower).
 func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err error) {
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, eventsStream, jetstream.ConsumerConfig{
 		Durable:       dispatchConsumer,
@@ -36,18 +46,21 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	// done; a callback gives up on ctx, which has ended by then.
 	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending already bounds what is in flight
 	done := make(chan struct{})
+	fo := b.newFanout(ctx, c)
 	for range b.cfg.DispatchWorkers {
 		b.wg.Go(func() {
+			runners := map[string]*runner{} // this worker's cache of b.runners
 			for {
 				select {
 				case msg := <-work:
-					b.dispatch(ctx, c, msg)
+					b.dispatch(ctx, fo, msg, runners)
 				case <-done:
 					return
 				}
 			}
 		})
 	}
+	b.wg.Go(func() { b.sweep(ctx, c, done) })
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		if ctx.Err() != nil {
 			return // not acked: redelivered after restart
@@ -73,9 +86,9 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	}, nil
 }
 
-func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
+func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, runners map[string]*runner) {
 	var ev event.Event
-	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		// Only validated events are stored; an unreadable one cannot get
 		// better by redelivery.
 		b.log.Error("dropping unreadable stored event", "err", err)
@@ -87,41 +100,161 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(retryStorageDelay)
 		return
 	}
-	matched := b.index.Load().MatchBroker(DefaultBroker, ev)
-	futures := make([]jetstream.PubAckFuture, 0, len(matched))
-	for _, tr := range matched {
+	idx := b.index.Load()
+	matched := idx.MatchBroker(DefaultBroker, ev)
+	ds := make([]delivery, len(matched))
+	seq := strconv.FormatUint(meta.Sequence.Stream, 10) + "."
+	for i, tr := range matched {
 		out := nats.NewMsg(deliverPrefix + tr.Name)
 		out.Data = msg.Data()
 		out.Header.Set(hdrTrigger, tr.Name)
-		id := fmt.Sprintf("%d.%s", meta.Sequence.Stream, tr.Name)
-		f, err := c.js.PublishMsgAsync(out, jetstream.WithMsgID(id), jetstream.WithExpectStream(deliveriesStream))
-		if err != nil {
-			b.log.Warn("fan-out publish failed; event will be redelivered", "event_id", ev.ID(), "trigger", tr.Name, "err", err)
-			_ = msg.NakWithDelay(retryStorageDelay)
-			return
-		}
-		futures = append(futures, f)
+		ds[i] = delivery{msg: out, id: seq + tr.Name}
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			b.log.Warn("fan-out not stored; event will be redelivered", "event_id", ev.ID(), "err", err)
-			_ = msg.NakWithDelay(retryStorageDelay)
-			return
-		case <-ctx.Done():
+	// Runners are woken before their deliveries are stored, so a sleeping
+	// one creates its consumer meanwhile.
+	readies := b.wakeRunners(idx, matched, runners)
+	stored := fo.publish(ds)
+	if !fo.batches() {
+		b.settle(ctx, msg, ev, len(ds), stored, readies)
+		return
+	}
+	b.wg.Go(func() { b.settle(ctx, msg, ev, len(ds), stored, readies) })
+}
+
+// settle acks a dispatched event once its deliveries are stored and a
+// consumer of each matching trigger exists to hand them out (a woken runner
+// creates one), so no moment passes where an event is neither pending nor
+// waiting in a trigger's consumer. A consumer that cannot be created (the
+// stream's consumer limit) delays the ack by at most PublishTimeout; the
+// deliveries are stored either way. An event whose deliveries were not all
+// stored is redelivered.
+func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, matches int, stored fanoutWait, readies []<-chan struct{}) {
+	if err := stored.wait(ctx); err != nil {
+		if ctx.Err() != nil {
 			return // not acked: redelivered after restart
 		}
+		b.log.Warn("fan-out not stored; event will be redelivered", "event_id", ev.ID(), "err", err)
+		_ = msg.NakWithDelay(retryStorageDelay)
+		return
 	}
-	b.log.Debug("dispatched", "event_id", ev.ID(), "event_type", ev.Type(), "matches", len(futures))
-	if err := msg.DoubleAck(ctx); err != nil {
+	if len(readies) > 0 {
+		timeout := time.NewTimer(b.cfg.PublishTimeout)
+		defer timeout.Stop()
+	wait:
+		for _, ready := range readies {
+			select {
+			case <-ready:
+			case <-timeout.C:
+				break wait
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	b.log.Debug("dispatched", "event_id", ev.ID(), "event_type", ev.Type(), "matches", matches)
+	// A plain ack, not waiting for the server's confirmation: nothing would
+	// be done differently without it (an ack that is lost redelivers the
+	// event, whose deliveries the message ids then keep from doubling), and
+	// the wait cost about a tenth of the throughput with interval fsync.
+	if err := msg.Ack(); err != nil {
 		b.log.Debug("ack of dispatched event", "event_id", ev.ID(), "err", err)
 	}
 }
 
-// reconcileLocked starts a runner for every trigger without one and stops the
-// runners of triggers that are gone, deleting their consumer and pending
-// deliveries. b.mu must be held.
+// wakeRunners wakes the runners of matched and returns the readiness
+// channels not yet closed (see runner.wake). runners caches b.runners for the
+// calling worker, so dispatching takes b.mu only the first time it meets a
+// trigger (SetTriggers holds b.mu while a deleted trigger's deliveries
+// drain).
+func (b *Broker) wakeRunners(idx *triggers.Index, matched []*triggers.Trigger, runners map[string]*runner) []<-chan struct{} {
+	if len(runners) > 2*idx.Len()+64 {
+		clear(runners) // drop the runners of deleted triggers
+	}
+	var waiting []<-chan struct{}
+	for _, tr := range matched {
+		r := runners[tr.Name]
+		if r == nil || r.isStopped() {
+			b.mu.Lock()
+			r = b.runners[tr.Name]
+			b.mu.Unlock()
+			if r == nil {
+				// Not started yet (Run reconciles after the dispatcher
+				// starts); the sweep wakes it.
+				delete(runners, tr.Name)
+				continue
+			}
+			runners[tr.Name] = r
+		}
+		ready := r.wake()
+		select {
+		case <-ready:
+		default:
+			waiting = append(waiting, ready)
+		}
+	}
+	return waiting
+}
+
+// sweepInterval is how often the sweep looks for deliveries that no running
+// runner was told about.
+const sweepInterval = time.Second
+
+// sweep wakes, every sweepInterval until done is closed, the runners of
+// triggers with stored deliveries: those stored by a DLQ replay, or before a
+// restart, or that a runner going to sleep left behind. The first sweep
+// after the runners exist also wakes those whose consumer is left from
+// before (each deletes its own once idle).
+func (b *Broker) sweep(ctx context.Context, c *conn, done <-chan struct{}) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	consumersSwept := false
+	for {
+		var names []string
+		info, err := c.dels.Info(ctx, jetstream.WithSubjectFilter(deliverPrefix+">"))
+		if err == nil {
+			for subject := range info.State.Subjects {
+				names = append(names, strings.TrimPrefix(subject, deliverPrefix))
+			}
+		}
+		b.mu.Lock()
+		started := b.runCtx != nil
+		b.mu.Unlock()
+		if started && !consumersSwept {
+			consumersSwept = true
+			lister := c.dels.ConsumerNames(ctx)
+			for name := range lister.Name() {
+				if trigger, ok := strings.CutPrefix(name, consumerPrefix); ok {
+					names = append(names, trigger)
+				}
+			}
+			if err := lister.Err(); err != nil {
+				consumersSwept = false
+			}
+		}
+		var rs []*runner
+		b.mu.Lock()
+		for _, name := range names {
+			if r := b.runners[name]; r != nil {
+				rs = append(rs, r)
+			}
+		}
+		b.mu.Unlock()
+		for _, r := range rs {
+			r.wake()
+		}
+		select {
+		case <-t.C:
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// reconcileLocked gives every trigger without one a runner (asleep until
+// woken) and stops the runners of triggers that are gone, deleting their
+// consumer and pending deliveries. b.mu must be held.
 func (b *Broker) reconcileLocked(idx *triggers.Index) {
 	want := map[string]bool{}
 	for _, tr := range idx.All() {
@@ -165,21 +298,33 @@ func consumerName(trigger string) string { return consumerPrefix + trigger }
 
 // forgetStaleTriggers removes the consumers and pending deliveries of
 // triggers that were deleted while the node was down, so a trigger re-added
-// later does not receive stale events. b.mu must be held.
+// later does not receive stale events. A sleeping trigger has deliveries but
+// no consumer, so both are looked for. b.mu must be held.
 func (b *Broker) forgetStaleTriggers(ctx context.Context, c *conn) {
 	idx := b.index.Load()
+	stale := map[string]bool{}
 	names := c.dels.ConsumerNames(ctx)
-	var stale []string
 	for name := range names.Name() {
 		trigger, ok := strings.CutPrefix(name, consumerPrefix)
 		if _, live := idx.Get(trigger); ok && !live {
-			stale = append(stale, trigger)
+			stale[trigger] = true
 		}
 	}
 	if err := names.Err(); err != nil {
 		b.log.Warn("list trigger consumers", "err", err)
 	}
-	for _, t := range stale {
+	info, err := c.dels.Info(ctx, jetstream.WithSubjectFilter(deliverPrefix+">"))
+	if err != nil {
+		b.log.Warn("list pending deliveries", "err", err)
+	} else {
+		for subject := range info.State.Subjects {
+			trigger := strings.TrimPrefix(subject, deliverPrefix)
+			if _, live := idx.Get(trigger); !live {
+				stale[trigger] = true
+			}
+		}
+	}
+	for _, t := range slices.Sorted(maps.Keys(stale)) {
 		b.log.Info("removing deliveries of a trigger deleted while the node was down", "trigger", t)
 		b.forgetTrigger(c, t)
 	}
@@ -187,7 +332,7 @@ func (b *Broker) forgetStaleTriggers(ctx context.Context, c *conn) {
 
 // Pending returns how many deliveries of a trigger wait in JetStream, not yet
 // handed to its runner: the backlog the autoscaler adds to a function's
-// demand. A trigger without a consumer yet has none.
+// demand. A sleeping trigger has no consumer; all its stored deliveries wait.
 func (b *Broker) Pending(ctx context.Context, trigger string) (int, error) {
 	c, err := b.running()
 	if err != nil {
@@ -195,7 +340,12 @@ func (b *Broker) Pending(ctx context.Context, trigger string) (int, error) {
 	}
 	cons, err := c.js.Consumer(ctx, deliveriesStream, consumerName(trigger))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 0, nil
+		subject := deliverPrefix + trigger
+		info, err := c.dels.Info(ctx, jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			return 0, fmt.Errorf("trigger %s: %w", trigger, err)
+		}
+		return int(info.State.Subjects[subject]), nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("trigger %s: %w", trigger, err)

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,34 +28,144 @@ const (
 	hdrError    = "Weft-Last-Error" // on a dead letter: the last attempt's error text
 )
 
-// runner consumes one trigger's deliveries. stop cancels it and waits until
-// its in-flight deliveries finished or DrainTimeout passed.
+// A trigger's consumer on WEFT_DELIVERIES exists only while the trigger has
+// work. nats-server checks every consumer of a work-queue stream for
+// interest on every ack (stream.checkForInterestWithSubject), so each idle
+// consumer slows every delivery of every trigger: measured with nats.go
+// alone, 10,000 idle consumers on the stream took one consumer's acked
+// consumption from about 120,000 to 350 messages/s. The server also refuses
+// more than 1,000 consumers per stream by default. So a runner sleeps without
+// a consumer (and without a goroutine) until it is woken: by the dispatcher
+// when it stores deliveries for the trigger, and by the sweep (Broker.sweep)
+// for deliveries stored by anyone else (a DLQ replay, a previous run). It then
+// creates the consumer, delivers, and goes back to sleep, deleting the
+// consumer, once nothing arrived for runnerIdleAfter and nothing is in
+// flight. Undelivered messages of a work queue stay in the stream without a
+// consumer; the next consumer starts at the first of them.
+const runnerIdleAfter = 30 * time.Second
+
+// runner runs one trigger's deliveries. Create it with startRunner, wake it
+// when deliveries may be waiting, stop it when the trigger goes. Its methods
+// are safe for concurrent use. Lock order: runTrigger's mu before r.mu.
 type runner struct {
+	b      *Broker
+	name   string
+	ctx    context.Context // ends on stop
 	cancel context.CancelFunc
-	done   chan struct{}
+	wg     sync.WaitGroup // the activation goroutine, if any
+
+	mu        sync.Mutex
+	idleAfter time.Duration // runnerIdleAfter; tests shorten it
+	stopped   bool
+	active    bool          // an activation goroutine runs
+	woken     bool          // woken since the activation last checked
+	ready     chan struct{} // closed once the current activation's consumer exists
 }
 
-func (r *runner) stop() {
-	r.cancel()
-	<-r.done
-}
-
+// startRunner returns the runner of trigger name, asleep; it runs until
+// parent ends or stop.
 func (b *Broker) startRunner(parent context.Context, name string) *runner {
 	ctx, cancel := context.WithCancel(parent)
-	r := &runner{cancel: cancel, done: make(chan struct{})}
-	b.wg.Go(func() {
-		defer close(r.done)
-		b.runTrigger(ctx, name)
-	})
-	return r
+	return &runner{b: b, name: name, ctx: ctx, cancel: cancel, idleAfter: runnerIdleAfter, ready: make(chan struct{})}
 }
 
-// runTrigger owns one trigger's durable consumer until ctx ends, retrying its
-// creation while JetStream is not ready for it.
-func (b *Broker) runTrigger(ctx context.Context, name string) {
+// stop ends the runner: no new delivery starts, and it returns once the
+// in-flight ones finished or DrainTimeout passed. The consumer stays, so
+// what is pending is delivered after a restart. Idempotent.
+func (r *runner) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
+}
+
+// isStopped reports whether stop was called.
+func (r *runner) isStopped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped
+}
+
+// wake tells the runner that deliveries may be waiting and starts it if it
+// sleeps. The channel it returns is closed once a consumer of the trigger
+// exists that will hand them out (at once when the runner is running), and
+// never if the consumer cannot be created.
+func (r *runner) wake() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		c := make(chan struct{})
+		close(c) // nothing to wait for
+		return c
+	}
+	r.woken = true
+	if !r.active {
+		r.active = true
+		r.wg.Add(1)
+		r.b.wg.Go(func() {
+			defer r.wg.Done()
+			r.run()
+		})
+	}
+	return r.ready
+}
+
+// run activates the runner until it goes to sleep with no wake pending, or
+// stops.
+func (r *runner) run() {
+	for {
+		r.mu.Lock()
+		r.woken = false
+		r.mu.Unlock()
+		r.b.runTrigger(r)
+		r.mu.Lock()
+		if r.stopped || r.ctx.Err() != nil || !r.woken {
+			r.active = false
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock() // woken while going to sleep: deliveries may wait
+	}
+}
+
+// consumerReady marks the activation's consumer as created.
+func (r *runner) consumerReady() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.ready:
+	default:
+		close(r.ready)
+	}
+}
+
+// trySleep is asked by an idle activation whether it may delete its
+// consumer and end: not when a wake came since the last check. When it may,
+// the next wake waits for a new consumer.
+func (r *runner) trySleep() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.woken || r.stopped {
+		r.woken = false
+		return false
+	}
+	r.ready = make(chan struct{})
+	return true
+}
+
+// runTrigger is one activation of r: it creates the trigger's durable
+// consumer (retrying while JetStream refuses), delivers until r stops or the
+// trigger is idle, and reports whether it went to sleep, its consumer
+// deleted.
+func (b *Broker) runTrigger(r *runner) (slept bool) {
+	ctx, name := r.ctx, r.name
+	r.mu.Lock()
+	idleAfter := r.idleAfter
+	r.mu.Unlock()
 	c := b.conn.Load()
 	if c == nil {
-		return
+		return false // not running: nothing to deliver with
 	}
 	var cons jetstream.Consumer
 	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
@@ -72,13 +181,25 @@ func (b *Broker) runTrigger(ctx context.Context, name string) {
 		if err == nil {
 			break
 		}
-		b.log.Warn("trigger consumer not created; retrying", "trigger", name, "err", err)
+		if ctx.Err() != nil {
+			return false
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMaximumConsumersLimit {
+			// More triggers have work at once than the stream admits
+			// consumers; this one waits for others to go idle.
+			wait = 30 * time.Second
+			b.log.Error("trigger consumer not created: too many triggers with pending deliveries at once; retrying", "trigger", name, "err", err)
+		} else {
+			b.log.Warn("trigger consumer not created; retrying", "trigger", name, "err", err)
+		}
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(wait):
 		}
 	}
+	r.consumerReady()
 
 	// Deliveries outlive ctx by at most DrainTimeout, so a stop lets
 	// in-flight requests finish instead of cutting them.
@@ -95,43 +216,86 @@ func (b *Broker) runTrigger(ctx context.Context, name string) {
 	})
 	defer stopDrain()
 
-	// work is never closed (a callback may outlive Stop); workers leave on
-	// done, callbacks give up on ctx.
-	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending bounds what is in flight
-	done := make(chan struct{})
-	var workers sync.WaitGroup
-	for range b.cfg.TriggerWorkers {
-		workers.Go(func() {
-			for {
-				select {
-				case msg := <-work:
-					b.handleDelivery(deliverCtx, ctx, c, name, msg)
-				case <-done:
-					return
-				}
-			}
-		})
-	}
+	// Each message gets a goroutine of its own, at most TriggerWorkers at
+	// once (slots), so a sleeping trigger costs no goroutine. mu guards the
+	// rest; once closing is set no delivery starts, so handlers.Wait cannot
+	// race an Add. A callback may still run after Stop; it gives up, and the
+	// message, unacked, goes to the next consumer.
+	slots := make(chan struct{}, b.cfg.TriggerWorkers)
+	var (
+		mu       sync.Mutex
+		closing  bool
+		inFlight int
+		lastSeen = time.Now()
+		handlers sync.WaitGroup
+	)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		if ctx.Err() != nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
 			return // not acked: handed out again later
 		}
-		select {
-		case work <- msg:
-		case <-ctx.Done():
+		mu.Lock()
+		if closing {
+			mu.Unlock()
+			<-slots
+			return
 		}
+		inFlight++
+		lastSeen = time.Now()
+		handlers.Add(1)
+		mu.Unlock()
+		go func() { // owned: handlers, waited for below
+			defer func() {
+				mu.Lock()
+				inFlight--
+				lastSeen = time.Now()
+				mu.Unlock()
+				<-slots
+				handlers.Done()
+			}()
+			b.handleDelivery(deliverCtx, ctx, c, name, msg)
+		}()
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		b.log.Debug("trigger consumer", "trigger", name, "err", err)
 	}))
 	if err != nil {
 		b.log.Error("trigger consumer cannot consume", "trigger", name, "err", err)
-	} else {
 		<-ctx.Done()
-		cc.Stop()
-		<-cc.Closed()
+		return false
 	}
-	close(done)
-	workers.Wait()
+
+	idle := time.NewTicker(idleAfter / 4)
+	defer idle.Stop()
+	for !slept && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-idle.C:
+			mu.Lock()
+			if inFlight == 0 && time.Since(lastSeen) >= idleAfter {
+				if slept = r.trySleep(); !slept {
+					lastSeen = time.Now() // woken meanwhile: look again later
+				}
+			}
+			closing = slept
+			mu.Unlock()
+		}
+	}
+	mu.Lock()
+	closing = true
+	mu.Unlock()
+	cc.Stop()
+	<-cc.Closed()
+	handlers.Wait()
+	if !slept {
+		return false // stopping: the consumer keeps what is pending
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	defer cancel()
+	if err := c.js.DeleteConsumer(dctx, deliveriesStream, consumerName(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		b.log.Debug("delete idle trigger consumer", "trigger", name, "err", err)
+	}
+	return true
 }
 
 // errStopping ends a retry loop when the runner stops: the attempt in flight
@@ -151,13 +315,16 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 		return
 	}
 	var ev event.Event
-	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		b.log.Error("dropping unreadable delivery", "trigger", name, "err", err)
 		_ = msg.Term()
 		return
 	}
 	ttl := ttlOf(ev)
-	out := ev.Clone()
+	// out shares ev's data, which nothing changes; only the attributes
+	// differ.
+	out := ev
+	out.Context = ev.Context.Clone()
 	out.SetExtension(TTLExtension, nil) // the hop counter is the broker's business
 	replay := replayOf(msg)
 	if replay != nil {
@@ -166,7 +333,7 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 
 	// The heartbeat runs until the message is settled: dead-lettering to a
 	// sink retries too and can outlast AckWait.
-	defer keepInProgress(ctx, msg, b.cfg.AckWait/3)()
+	defer keepInProgress(msg, b.cfg.AckWait/3)()
 	var history []Attempt
 	chain := Retry(tr.Delivery, func(a Attempt) error {
 		if len(history) > 0 {
@@ -258,7 +425,7 @@ func (b *Broker) handleReply(ctx context.Context, c *conn, tr *triggers.Trigger,
 // ttlOf reads the hop counter; events stored before weft set it, or with a
 // value that is not an integer, get the default.
 func ttlOf(ev event.Event) int32 {
-	v, ok := ev.Extensions()[TTLExtension]
+	v, ok := extensionOf(ev, TTLExtension)
 	if !ok {
 		return DefaultTTL
 	}
@@ -274,26 +441,42 @@ func ttlOf(ev event.Event) int32 {
 	return n
 }
 
+// extensionOf returns the extension name of ev without the copy of every
+// extension that ev.Extensions makes.
+func extensionOf(ev event.Event, name string) (any, bool) {
+	if c, ok := ev.Context.(*event.EventContextV1); ok {
+		v, ok := c.Extensions[name]
+		return v, ok
+	}
+	v, ok := ev.Extensions()[name]
+	return v, ok
+}
+
 // keepInProgress tells JetStream every interval that msg is still being
-// worked on, so retries with long backoffs do not trigger a redelivery.
-func keepInProgress(ctx context.Context, msg jetstream.Msg, interval time.Duration) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { // owned: stop cancels and waits
-		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
+// worked on, so retries with long backoffs do not trigger a redelivery. A
+// timer waits between heartbeats rather than a goroutine, as most deliveries
+// end long before the first; once stop returns no heartbeat is sent.
+func keepInProgress(msg jetstream.Msg, interval time.Duration) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock() // the first beat must see t
+	defer mu.Unlock()
+	t = time.AfterFunc(interval, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
+		_ = msg.InProgress()
+		t.Reset(interval)
+	})
 	return func() {
-		cancel()
-		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }

@@ -31,16 +31,14 @@ func (f allFilter) Match(ev event.Event) bool {
 
 func (f allFilter) String() string { return "all(" + joinFilters(f) + ")" }
 
-// requiredTypes returns the types one child requires: an event matching all
-// children has one of them. The smallest such set is the best bucket.
-func (f allFilter) requiredTypes() []string {
-	var best []string
+// keyAlternatives offers every child's key sets: an event that passes all
+// children meets a key of each of them.
+func (f allFilter) keyAlternatives(choose func([][]key) []key) [][]key {
+	var sets [][]key
 	for _, c := range f {
-		if ts := requiredTypes(c); ts != nil && (best == nil || len(ts) < len(best)) {
-			best = ts
-		}
+		sets = append(sets, keyAlternatives(c, choose)...)
 	}
-	return best
+	return sets
 }
 
 func joinFilters(fs []Filter) string {

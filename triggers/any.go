@@ -26,16 +26,17 @@ func (f anyFilter) Match(ev event.Event) bool {
 
 func (f anyFilter) String() string { return "any(" + joinFilters(f) + ")" }
 
-// requiredTypes is the union of the children's types when every child
-// requires one; otherwise the filter may pass events of any type.
-func (f anyFilter) requiredTypes() []string {
-	var out []string
+// keyAlternatives is one set, the union of a set chosen for each child, when
+// every child has one; otherwise the filter may pass events that meet no
+// key.
+func (f anyFilter) keyAlternatives(choose func([][]key) []key) [][]key {
+	var set []key
 	for _, c := range f {
-		ts := requiredTypes(c)
-		if ts == nil {
+		sets := keyAlternatives(c, choose)
+		if len(sets) == 0 {
 			return nil
 		}
-		out = append(out, ts...)
+		set = append(set, choose(sets)...)
 	}
-	return out
+	return [][]key{set}
 }

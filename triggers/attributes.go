@@ -43,12 +43,14 @@ func (f attributesFilter) String() string {
 	return "attributes(" + strings.Join(parts, ", ") + ")"
 }
 
-// requiredTypes lets the Index bucket the trigger by event type.
-func (f attributesFilter) requiredTypes() []string {
+// keyAlternatives offers every attribute with a value: the event must equal
+// each of them, so any one may file the trigger.
+func (f attributesFilter) keyAlternatives(func([][]key) []key) [][]key {
+	var sets [][]key
 	for i, name := range f.names {
-		if name == "type" && f.values[i] != "" {
-			return []string{f.values[i]}
+		if f.values[i] != "" {
+			sets = append(sets, []key{{op: opExact, attr: name, value: f.values[i]}})
 		}
 	}
-	return nil
+	return sets
 }

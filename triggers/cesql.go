@@ -21,6 +21,7 @@ import (
 type cesqlFilter struct {
 	src  string
 	expr cesql.Expression
+	keys [][]key // the equalities ANDed at the top, for the Index
 }
 
 // parseMu serialises CESQL parsing: the ANTLR 4 Go runtime the SDK's parser
@@ -43,7 +44,8 @@ func newCESQL(src string) (_ Filter, err error) {
 	if src == "" {
 		return nil, errors.New("invalid CESQL expression: empty")
 	}
-	if err := checkCESQLSyntax(src); err != nil {
+	tree, err := checkCESQLSyntax(src)
+	if err != nil {
 		return nil, err
 	}
 	expr, err := parser.Parse(src)
@@ -53,7 +55,11 @@ func newCESQL(src string) (_ Filter, err error) {
 	if expr == nil {
 		return nil, errors.New("invalid CESQL expression: no expression")
 	}
-	return cesqlFilter{src: src, expr: expr}, nil
+	f := cesqlFilter{src: src, expr: expr}
+	if c, ok := tree.(*gen.CesqlContext); ok {
+		f.keys = cesqlKeys(c.Expression())
+	}
+	return f, nil
 }
 
 // syntaxListener records the first syntax error of the lexer and the parser.
@@ -70,8 +76,9 @@ func (l *syntaxListener) SyntaxError(_ antlr.Recognizer, _ any, _, column int, m
 
 // checkCESQLSyntax runs the SDK's generated lexer and parser, as
 // parser.Parse does (upper-casing through parser.NewCaseChangingStream), but
-// with listeners that keep the error and print nothing to stderr.
-func checkCESQLSyntax(src string) error {
+// with listeners that keep the error and print nothing to stderr. It returns
+// the parse tree.
+func checkCESQLSyntax(src string) (gen.ICesqlContext, error) {
 	l := &syntaxListener{DefaultErrorListener: antlr.NewDefaultErrorListener()}
 	lexer := gen.NewCESQLParserLexer(parser.NewCaseChangingStream(antlr.NewInputStream(src), true))
 	lexer.RemoveErrorListeners()
@@ -79,9 +86,93 @@ func checkCESQLSyntax(src string) error {
 	p := gen.NewCESQLParserParser(antlr.NewCommonTokenStream(lexer, antlr.TokenDefaultChannel))
 	p.RemoveErrorListeners()
 	p.AddErrorListener(l)
-	p.Cesql()
-	return l.err
+	tree := p.Cesql()
+	return tree, l.err
 }
+
+// cesqlKeys returns one key set per equality of an attribute and a string
+// literal that the expression ANDs at its top (through parentheses): the
+// expression is true only if each of them is. Anything else (OR, NOT, other
+// comparisons) contributes no key.
+//
+// The SDK evaluates attr = 'lit' as Cast(value, String) == lit, which is
+// lookup's rendering for the attributes cesqlKeyAttr admits (and for
+// extensions of the plain types; the Index treats the others as
+// candidates). With the literal first, the literal is cast to the
+// attribute's type instead, so only string-typed attributes qualify.
+func cesqlKeys(e gen.IExpressionContext) [][]key {
+	switch c := e.(type) {
+	case *gen.SubExpressionContext:
+		return cesqlKeys(c.Expression())
+	case *gen.BinaryLogicExpressionContext:
+		if c.AND() == nil {
+			return nil
+		}
+		return append(cesqlKeys(c.Expression(0)), cesqlKeys(c.Expression(1))...)
+	case *gen.BinaryComparisonExpressionContext:
+		if c.EQUAL() == nil {
+			return nil
+		}
+		attr, lit, ok := cesqlIdentifier(c.Expression(0)), cesqlString(c.Expression(1)), true
+		if attr == "" {
+			attr, lit = cesqlIdentifier(c.Expression(1)), cesqlString(c.Expression(0))
+			ok = cesqlStringAttributes[attr]
+		}
+		if attr == "" || lit == "" || !ok || !(cesqlStringAttributes[attr] || isExtensionName(attr)) {
+			return nil
+		}
+		return [][]key{{{op: opExact, attr: attr, value: lit, cesql: true}}}
+	}
+	return nil
+}
+
+// cesqlStringAttributes are the context attributes whose value is a string
+// both to CESQL and to lookup.
+var cesqlStringAttributes = map[string]bool{"id": true, "type": true, "subject": true, "specversion": true, "datacontenttype": true}
+
+// cesqlIdentifier returns the attribute name e consists of, lower-cased as
+// the SDK does, or "".
+func cesqlIdentifier(e gen.IExpressionContext) string {
+	a, ok := e.(*gen.AtomExpressionContext)
+	if !ok {
+		return ""
+	}
+	id, ok := a.Atom().(*gen.IdentifierAtomContext)
+	if !ok || id.Identifier() == nil {
+		return ""
+	}
+	return strings.ToLower(id.Identifier().GetText())
+}
+
+// cesqlString returns the string literal e consists of, unquoted as the
+// SDK does, or "".
+func cesqlString(e gen.IExpressionContext) string {
+	a, ok := e.(*gen.AtomExpressionContext)
+	if !ok {
+		return ""
+	}
+	s, ok := a.Atom().(*gen.StringAtomContext)
+	if !ok {
+		return ""
+	}
+	lit, ok := s.StringLiteral().(*gen.StringLiteralContext)
+	if !ok {
+		return ""
+	}
+	switch {
+	case lit.SQUOTED_STRING_LITERAL() != nil:
+		t := lit.SQUOTED_STRING_LITERAL().GetText()
+		return strings.ReplaceAll(t[1:len(t)-1], `\'`, "'")
+	case lit.DQUOTED_STRING_LITERAL() != nil:
+		t := lit.DQUOTED_STRING_LITERAL().GetText()
+		return strings.ReplaceAll(t[1:len(t)-1], `\"`, `"`)
+	}
+	return ""
+}
+
+// keyAlternatives lets the Index file the trigger under one of the
+// expression's top-level equalities.
+func (f cesqlFilter) keyAlternatives(func([][]key) []key) [][]key { return f.keys }
 
 func (f cesqlFilter) Match(ev event.Event) (ok bool) {
 	if ev.Context == nil {

@@ -23,10 +23,7 @@ func (f exactFilter) Match(ev event.Event) bool {
 
 func (f exactFilter) String() string { return fmt.Sprintf("exact(%s=%q)", f.name, f.value) }
 
-// requiredTypes lets the Index bucket the trigger by event type.
-func (f exactFilter) requiredTypes() []string {
-	if f.name == "type" {
-		return []string{f.value}
-	}
-	return nil
+// keyAlternatives lets the Index file the trigger under the value.
+func (f exactFilter) keyAlternatives(func([][]key) []key) [][]key {
+	return [][]key{{{op: opExact, attr: f.name, value: f.value}}}
 }

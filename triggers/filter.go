@@ -279,6 +279,16 @@ func lookup(ev event.Event, name string) (string, bool) {
 	return s, s != ""
 }
 
+// isExtensionName reports whether lookup treats name as an extension rather
+// than a context attribute (or Knative's derived datamediatype).
+func isExtensionName(name string) bool {
+	switch name {
+	case "specversion", "id", "source", "type", "subject", "time", "dataschema", "schemaurl", "datacontenttype", "datamediatype":
+		return false
+	}
+	return true
+}
+
 // extension returns the extension name of ev without the copy of the whole
 // map that event.Extensions makes. The SDK stores extension names in lower
 // case, as filter keys are.

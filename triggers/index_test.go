@@ -3,9 +3,11 @@ package triggers
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"slices"
 	"testing"
 
+	"github.com/cloudevents/sdk-go/sql/v2/utils"
 	"github.com/cloudevents/sdk-go/v2/event"
 )
 
@@ -76,36 +78,102 @@ func TestIndexMatch(t *testing.T) {
 	}
 }
 
+// buckets renders where x filed each trigger: "attr=value" (exact),
+// "attr^value" (prefix), "attr$value" (suffix), "open".
+func buckets(x *Index) map[string][]string {
+	out := map[string][]string{}
+	add := func(b string, l []int32) {
+		for _, k := range l {
+			out[b] = append(out[b], x.all[k].Name)
+		}
+	}
+	for _, a := range x.attrs {
+		for v, l := range a.exact {
+			add(a.name+"="+v, l)
+		}
+		for v, l := range a.prefix.byValue {
+			add(a.name+"^"+v, l)
+		}
+		for v, l := range a.suffix.byValue {
+			add(a.name+"$"+v, l)
+		}
+	}
+	add("open", x.open)
+	return out
+}
+
 func TestIndexBuckets(t *testing.T) {
 	t.Parallel()
 	x := NewIndex([]*Trigger{
 		parseNamed(t, "exact", "filters: [{exact: {type: a}}]"),
+		// type=a is shared by five triggers, source=x by none: the smaller
+		// bucket wins.
 		parseNamed(t, "legacy", "filter: {attributes: {type: a, source: x}}"),
 		parseNamed(t, "all", "filters: [{prefix: {source: /}}, {exact: {type: b}}]"),
 		parseNamed(t, "any", "filters: [{any: [{exact: {type: a}}, {all: [{exact: {type: c}}]}, {exact: {type: a}}]}]"),
 		parseNamed(t, "any-open", "filters: [{any: [{exact: {type: a}}, {prefix: {source: /}}]}]"),
+		parseNamed(t, "any-not", "filters: [{any: [{exact: {type: a}}, {not: {exact: {type: b}}}]}]"),
 		parseNamed(t, "not", "filters: [{not: {exact: {type: a}}}]"),
 		parseNamed(t, "cesql", `filters: [{cesql: "type = 'a'"}]`),
+		parseNamed(t, "cesql-or", `filters: [{cesql: "type = 'a' OR type = 'b'"}]`),
+		parseNamed(t, "suffix", "filters: [{suffix: {subject: .jpg}}, {cesql: \"size > 10\"}]"),
+		parseNamed(t, "everything", "broker: default"),
 	})
-	want := map[string][]string{"a": {"any", "exact", "legacy"}, "b": {"all"}, "c": {"any"}}
-	for typ, ws := range want {
+	want := map[string][]string{
+		"type=a":       {"any", "any-open", "cesql", "exact"},
+		"type=b":       {"all"},
+		"type=c":       {"any"},
+		"source=x":     {"legacy"},
+		"source^/":     {"any-open"},
+		"subject$.jpg": {"suffix"},
+		"open":         {"any-not", "cesql-or", "everything", "not"},
+	}
+	got := buckets(x)
+	for b, ws := range want {
+		if !slices.Equal(got[b], ws) {
+			t.Errorf("bucket %q = %v, want %v", b, got[b], ws)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("buckets %v, want %v", got, want)
+	}
+}
+
+func TestCESQLKeys(t *testing.T) {
+	t.Parallel()
+	tests := map[string][]string{ // expression → attr=value of each key set
+		"type = 'a'":                          {"type=a"},
+		"'a' = type":                          {"type=a"},
+		"TYPE = \"a\"":                        {"type=a"},
+		"type = 'a' AND size > 10":            {"type=a"},
+		"(type = 'a') AND (region = 'eu')":    {"type=a", "region=eu"},
+		"type = 'a' AND (x = 'b' OR y = 'c')": {"type=a"},
+		"size = '5'":                          {"size=5"},
+		"type = 'it\\'s'":                     {"type=it's"},
+		"'5' = size":                          nil, // the literal is cast to the attribute's type: '05' = 5
+		"source = '/x'":                       nil, // CESQL renders a URI-reference its own way
+		"time = 'x'":                          nil,
+		"type = 'a' OR type = 'b'":            nil,
+		"NOT type = 'a'":                      nil,
+		"type <> 'a'":                         nil,
+		"type = ''":                           nil,
+		"type = subject":                      nil,
+		"type LIKE 'a%'":                      nil,
+	}
+	for src, want := range tests {
+		f, err := newCESQL(src)
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
 		var got []string
-		for _, k := range x.byType[typ] {
-			got = append(got, x.all[k].Name)
+		for _, set := range keyAlternatives(f, shortestSet) {
+			for _, k := range set {
+				got = append(got, k.attr+"="+k.value)
+			}
 		}
-		if !slices.Equal(got, ws) {
-			t.Errorf("bucket %q = %v, want %v", typ, got, ws)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: keys %v, want %v", src, got, want)
 		}
-	}
-	if len(x.byType) != len(want) {
-		t.Errorf("buckets %v, want %v", x.byType, want)
-	}
-	var open []string
-	for _, k := range x.anyTypes {
-		open = append(open, x.all[k].Name)
-	}
-	if !slices.Equal(open, []string{"any-open", "cesql", "not"}) {
-		t.Errorf("anyTypes = %v", open)
 	}
 }
 
@@ -165,9 +233,26 @@ func TestIndexAgreesWithScan(t *testing.T) {
 		},
 		func() string { return fmt.Sprintf("broker: other\nfilters: [{exact: {type: %s}}]", pick()) },
 		func() string { return "broker: default" },
+		func() string { return fmt.Sprintf("filter: {attributes: {type: %s, region: %s}}", pick(), pick()) },
+		func() string { return fmt.Sprintf("filters: [{prefix: {source: /%s}}]", pick()) },
+		func() string {
+			return fmt.Sprintf("filters: [{suffix: {subject: %s.jpg}}, {prefix: {type: %s}}]", pick(), pick())
+		},
+		func() string {
+			return fmt.Sprintf("filters: [{prefix: {subject: %s}}, {suffix: {region: %s}}]", pick(), pick())
+		},
+		func() string {
+			return fmt.Sprintf("filters: [{any: [{prefix: {source: /%s}}, {all: [{exact: {region: %s}}, {suffix: {type: %s}}]}]}]", pick(), pick(), pick())
+		},
+		func() string {
+			return fmt.Sprintf(`filters: [{cesql: "region = '%s' AND (type = '%s' OR subject = '%s')"}]`, pick(), pick(), pick())
+		},
+		func() string { return fmt.Sprintf(`filters: [{cesql: "'%s' = type AND size > 1"}]`, pick()) },
+		func() string { return fmt.Sprintf(`filters: [{cesql: "level = '%d'"}]`, rng.IntN(3)) },
+		func() string { return fmt.Sprintf(`filters: [{cesql: "when = '%s'"}]`, pick()) },
 	}
 	var trs []*Trigger
-	for range 300 {
+	for range 600 {
 		trs = append(trs, parseNamed(t, fmt.Sprintf("t-%03d", rng.IntN(1000)), specs[rng.IntN(len(specs))]()))
 	}
 	x := NewIndex(trs)
@@ -176,6 +261,22 @@ func TestIndexAgreesWithScan(t *testing.T) {
 		ev := bare(withType(pick()))
 		if rng.IntN(2) == 0 {
 			ev.SetExtension("region", pick())
+		}
+		ev.SetSource("/" + pick() + "/x")
+		if rng.IntN(2) == 0 {
+			ev.SetSubject(pick() + "/" + pick() + ".jpg")
+		}
+		if rng.IntN(2) == 0 {
+			ev.SetExtension("size", rng.IntN(3))
+		}
+		switch rng.IntN(3) { // a plain integer, or a type CESQL renders its own way
+		case 0:
+			ev.SetExtension("level", rng.IntN(3))
+		case 1:
+			ev.SetExtension("level", &url.URL{Scheme: "https", Host: "example.com"})
+		}
+		if rng.IntN(2) == 0 {
+			ev.SetExtension("when", testTime)
 		}
 		for _, broker := range []string{"", DefaultBroker, "other"} {
 			var want []*Trigger
@@ -305,5 +406,33 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := Parse(objs[0]); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestIndexCESQLRendering: a CESQL equality on an extension files its
+// trigger under the literal, but CESQL renders a URI extension its own way
+// (fmt of the struct), not as lookup does (the URI); such events must still
+// reach the trigger.
+func TestIndexCESQLRendering(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse("https://example.com/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := bare(withExt("when", u))
+	cesqlText := fmt.Sprint(utils.GetAttribute(ev, "when"))
+	if v, _ := lookup(ev, "when"); v == cesqlText {
+		t.Fatalf("lookup and CESQL render the timestamp alike (%s); the test needs them to differ", v)
+	}
+	tr := parseNamed(t, "when", fmt.Sprintf(`filters: [{cesql: "when = '%s'"}]`, cesqlText))
+	if !tr.Match(ev) {
+		t.Fatalf("CESQL does not match its own rendering %q", cesqlText)
+	}
+	x := NewIndex([]*Trigger{tr, parseNamed(t, "other", "filters: [{exact: {type: nope}}]")})
+	if got := names(x.Match(ev)); !slices.Equal(got, []string{"when"}) {
+		t.Errorf("Match = %v, want [when]", got)
+	}
+	if got := buckets(x)["when="+cesqlText]; !slices.Equal(got, []string{"when"}) {
+		t.Errorf("the trigger is not filed under its equality: %v", buckets(x))
 	}
 }

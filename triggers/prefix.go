@@ -22,3 +22,8 @@ func (f prefixFilter) Match(ev event.Event) bool {
 }
 
 func (f prefixFilter) String() string { return fmt.Sprintf("prefix(%s=%q)", f.name, f.prefix) }
+
+// keyAlternatives lets the Index file the trigger under the prefix.
+func (f prefixFilter) keyAlternatives(func([][]key) []key) [][]key {
+	return [][]key{{{op: opPrefix, attr: f.name, value: f.prefix}}}
+}

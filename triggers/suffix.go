@@ -22,3 +22,8 @@ func (f suffixFilter) Match(ev event.Event) bool {
 }
 
 func (f suffixFilter) String() string { return fmt.Sprintf("suffix(%s=%q)", f.name, f.suffix) }
+
+// keyAlternatives lets the Index file the trigger under the suffix.
+func (f suffixFilter) keyAlternatives(func([][]key) []key) [][]key {
+	return [][]key{{{op: opSuffix, attr: f.name, value: f.suffix}}}
+}
