@@ -224,6 +224,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.ensureStreams(ctx, c); err != nil {
 		return err
 	}
+	if err := b.resetConsumers(ctx, c); err != nil {
+		return err
+	}
 	b.conn.Store(c)
 
 	b.sampleStorage(c)
@@ -364,6 +367,35 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 			c.dlq = s
 		case deliveriesStream:
 			c.dels = s
+		}
+	}
+	return nil
+}
+
+// resetConsumers deletes the consumers a previous run left on the two work
+// queues. Whatever they had handed out and not settled when that run ended
+// (a crash, or messages in flight to it at shutdown) would otherwise wait for
+// AckWait (30 s) before anyone saw it again; the consumers created afresh
+// start from the first unacknowledged message, and on a work queue that is
+// exactly what is left to do.
+func (b *Broker) resetConsumers(ctx context.Context, c *conn) error {
+	for _, stream := range []string{eventsStream, deliveriesStream} {
+		s, err := c.js.Stream(ctx, stream)
+		if err != nil {
+			return fmt.Errorf("broker: stream %s: %w", stream, err)
+		}
+		names := s.ConsumerNames(ctx)
+		var stale []string
+		for name := range names.Name() {
+			stale = append(stale, name)
+		}
+		if err := names.Err(); err != nil {
+			return fmt.Errorf("broker: consumers of %s: %w", stream, err)
+		}
+		for _, name := range stale {
+			if err := s.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("broker: reset consumer %s of %s: %w", name, stream, err)
+			}
 		}
 	}
 	return nil

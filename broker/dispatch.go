@@ -63,11 +63,15 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	b.wg.Go(func() { b.sweep(ctx, c, done) })
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		if ctx.Err() != nil {
-			return // not acked: redelivered after restart
+			// Handed back at once, so that it is dispatched right after a
+			// restart rather than when AckWait runs out.
+			_ = msg.Nak()
+			return
 		}
 		select {
 		case work <- msg:
 		case <-ctx.Done():
+			_ = msg.Nak()
 		}
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		b.log.Debug("dispatch consumer", "err", err)
@@ -79,7 +83,7 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			cc.Stop()
+			cc.Drain() // what is buffered goes through the callback, which hands it back
 			<-cc.Closed()
 			close(done)
 		})

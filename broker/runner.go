@@ -219,8 +219,8 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 	// Each message gets a goroutine of its own, at most TriggerWorkers at
 	// once (slots), so a sleeping trigger costs no goroutine. mu guards the
 	// rest; once closing is set no delivery starts, so handlers.Wait cannot
-	// race an Add. A callback may still run after Stop; it gives up, and the
-	// message, unacked, goes to the next consumer.
+	// race an Add. A callback that runs after that naks its message, which
+	// goes at once to the next consumer (after a restart, or a wake-up).
 	slots := make(chan struct{}, b.cfg.TriggerWorkers)
 	var (
 		mu       sync.Mutex
@@ -233,12 +233,14 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			return // not acked: handed out again later
+			_ = msg.Nak() // handed back at once, not when AckWait runs out
+			return
 		}
 		mu.Lock()
 		if closing {
 			mu.Unlock()
 			<-slots
+			_ = msg.Nak()
 			return
 		}
 		inFlight++
@@ -284,7 +286,7 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 	mu.Lock()
 	closing = true
 	mu.Unlock()
-	cc.Stop()
+	cc.Drain() // what is buffered goes through the callback, which hands it back
 	<-cc.Closed()
 	handlers.Wait()
 	if !slept {
@@ -299,13 +301,13 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 }
 
 // errStopping ends a retry loop when the runner stops: the attempt in flight
-// was allowed to finish, but no new one starts and the message stays
-// unacked, to be delivered after restart rather than dead-lettered.
+// was allowed to finish, but no new one starts and the message is handed
+// back (nak), to be delivered after restart rather than dead-lettered.
 var errStopping = errors.New("broker: stopping")
 
 // handleDelivery delivers one (event, trigger) pair per the trigger's policy
 // and settles the JetStream message: ack on success or once dead-lettered,
-// nothing (so it is redelivered) when weft is stopping. ctx bounds the work
+// nak (so it is redelivered at once) when weft is stopping. ctx bounds the work
 // (it outlives stopping by the drain timeout); stopping ends when the runner
 // is asked to stop.
 func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name string, msg jetstream.Msg) {
@@ -348,7 +350,10 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 	target := tr.Subscriber.Target()
 	reply, err := chain.Deliver(ctx, target, out)
 	if err != nil && (ctx.Err() != nil || errors.Is(err, errStopping)) {
-		return // stopping: leave it unacked so it is delivered after restart
+		// Stopping: hand it back at once, so that it is delivered right after
+		// a restart instead of when AckWait runs out.
+		_ = msg.Nak()
+		return
 	}
 
 	if err == nil {
