@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -75,6 +76,15 @@ func (a *API) Handler() http.Handler {
 	api.HandleFunc("GET /api/v1/services", a.services)
 	api.HandleFunc("POST /api/v1/invoke/{name}", a.invoke)
 	mux.Handle("/api/v1/", a.auth(api))
+	// Go's profiler, behind the API's token: `go tool pprof
+	// http://127.0.0.1:8080/debug/pprof/heap` (profiles can reveal data).
+	prof := http.NewServeMux()
+	prof.HandleFunc("/debug/pprof/", pprof.Index)
+	prof.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", a.auth(prof))
 	return mux
 }
 

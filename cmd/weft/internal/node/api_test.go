@@ -215,7 +215,7 @@ func TestAPIToken(t *testing.T) {
 	n := startNode(t, "s3cret")
 	const good = "Bearer s3cret"
 
-	for _, path := range []string{"/api/v1/status", "/api/v1/resources/triggers", "/api/v1/dlq", "/api/v1/functions"} {
+	for _, path := range []string{"/api/v1/status", "/api/v1/resources/triggers", "/api/v1/dlq", "/api/v1/functions", "/debug/pprof/heap"} {
 		for _, auth := range []string{"", "Bearer wrong", "Bearer s3cret2", "Bearer ", "s3cret", "Basic s3cret", "bearer s3cret"} {
 			r := n.do(t, "GET", path, auth, "", "").want(t, path+" with Authorization "+auth, http.StatusUnauthorized)
 			if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
