@@ -105,35 +105,22 @@ it cannot be reached.`,
 			if err := c.validate(); err != nil {
 				return withCode(exitUsage, err)
 			}
-			if g.output != "table" && g.output != "json" && g.output != "yaml" {
-				return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+			if err := checkBenchOutput(g); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			// Reachability first, through the client every verb uses, so an
 			// unreachable node exits 6 at once. Any answer will do: the
 			// ingress is what is measured, not /healthz.
-			resp, err := g.client().send(ctx, http.MethodGet, "/healthz", "", nil)
-			if resp != nil {
-				resp.Body.Close()
-			}
-			var ee *exitErr
-			if errors.As(err, &ee) && ee.code == exitUnreachable {
+			if err := requireNode(ctx, g); err != nil {
 				return err
 			}
-			var progress io.Writer
-			if f, ok := g.stderr.(*os.File); ok && isTerminal(f) {
-				progress = f
-			}
+			progress := benchProgress(g)
 			rep, err := benchIngest(ctx, c, progress)
 			if err != nil {
 				return err
 			}
-			if g.output == "table" {
-				err = rep.writeTable(g.stdout)
-			} else {
-				err = printOut(g.stdout, g.output, rep)
-			}
-			if err != nil {
+			if err := printReport(g, rep); err != nil {
 				return err
 			}
 			if rep.Weft.Accepted == 0 {
@@ -730,3 +717,45 @@ func ratio(a, b float64) float64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// checkBenchOutput refuses an -o the bench verbs cannot print.
+func checkBenchOutput(g *globals) error {
+	if g.output != "table" && g.output != "json" && g.output != "yaml" {
+		return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+	}
+	return nil
+}
+
+// benchProgress is where a bench writes its progress line: stderr when it
+// is a terminal, else nowhere.
+func benchProgress(g *globals) io.Writer {
+	if f, ok := g.stderr.(*os.File); ok && isTerminal(f) {
+		return f
+	}
+	return nil
+}
+
+// benchReport is a bench's result, printable as a table for people.
+type benchReport interface{ writeTable(io.Writer) error }
+
+// printReport prints rep as a table, or as JSON or YAML with -o.
+func printReport(g *globals, rep benchReport) error {
+	if g.output == "table" {
+		return rep.writeTable(g.stdout)
+	}
+	return printOut(g.stdout, g.output, rep)
+}
+
+// requireNode fails with exit 6 at once when the node named by --server
+// cannot be reached, through the client every verb uses. Any answer will do.
+func requireNode(ctx context.Context, g *globals) error {
+	resp, err := g.client().send(ctx, http.MethodGet, "/healthz", "", nil)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	var ee *exitErr
+	if errors.As(err, &ee) && ee.code == exitUnreachable {
+		return err
+	}
+	return nil
+}

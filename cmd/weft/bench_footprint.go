@@ -67,17 +67,14 @@ inside weft's module.`,
 			if err := c.validate(); err != nil {
 				return withCode(exitUsage, err)
 			}
-			if g.output != "table" && g.output != "json" && g.output != "yaml" {
-				return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+			if err := checkBenchOutput(g); err != nil {
+				return err
 			}
 			rep, err := benchFootprint(cmd.Context(), c)
 			if err != nil {
 				return err
 			}
-			if g.output == "table" {
-				return rep.writeTable(g.stdout)
-			}
-			return printOut(g.stdout, g.output, rep)
+			return printReport(g, rep)
 		},
 	}
 	f := cmd.Flags()

@@ -105,15 +105,10 @@ Exit 1 when the node answered nothing with 202, 6 when it cannot be reached.`,
 			if err := c.validate(); err != nil {
 				return withCode(exitUsage, err)
 			}
-			if g.output != "table" && g.output != "json" && g.output != "yaml" {
-				return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+			if err := checkBenchOutput(g); err != nil {
+				return err
 			}
-			resp, err := g.client().send(cmd.Context(), http.MethodGet, "/healthz", "", nil)
-			if resp != nil {
-				resp.Body.Close()
-			}
-			var ee *exitErr
-			if errors.As(err, &ee) && ee.code == exitUnreachable {
+			if err := requireNode(cmd.Context(), g); err != nil {
 				return err
 			}
 			var record io.Writer
@@ -131,12 +126,7 @@ Exit 1 when the node answered nothing with 202, 6 when it cannot be reached.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "table" {
-				err = rep.writeTable(g.stdout)
-			} else {
-				err = printOut(g.stdout, g.output, rep)
-			}
-			if err != nil {
+			if err := printReport(g, rep); err != nil {
 				return err
 			}
 			if rep.Statuses["202"] == 0 {

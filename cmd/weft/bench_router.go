@@ -90,23 +90,15 @@ process and are not counted. Issue 5's goal 6 is checked against nginx.`,
 			if err := c.validate(); err != nil {
 				return withCode(exitUsage, err)
 			}
-			if g.output != "table" && g.output != "json" && g.output != "yaml" {
-				return withCode(exitUsage, fmt.Errorf("-o %q: want table, json or yaml", g.output))
+			if err := checkBenchOutput(g); err != nil {
+				return err
 			}
-			var progress io.Writer
-			if f, ok := g.stderr.(*os.File); ok && isTerminal(f) {
-				progress = f
-			}
+			progress := benchProgress(g)
 			rep, err := benchRouter(cmd.Context(), c, progress)
 			if err != nil {
 				return err
 			}
-			if g.output == "table" {
-				err = rep.writeTable(g.stdout)
-			} else {
-				err = printOut(g.stdout, g.output, rep)
-			}
-			if err != nil {
+			if err := printReport(g, rep); err != nil {
 				return err
 			}
 			if rep.Weft.Accepted == 0 {
