@@ -252,31 +252,36 @@ type batchAck struct {
 	Error  *jetstream.APIError `json:"error,omitempty"`
 }
 
-// publishAtomic sends batch[uniq] as one atomic batch: every message but the
-// last as a plain core-NATS publish, the last as a request carrying
-// Nats-Batch-Commit. It returns nil only when the server stored all of them;
-// a *jetstream.APIError when it refused the batch (then nothing is stored).
-// sent reports whether the commit request went out; if not, nothing can
-// have been stored.
+// publishAtomic sends batch[uniq] as one atomic batch; see commitAtomic.
 func (b *Broker) publishAtomic(c *conn, bt *batcher, batch []storeItem, uniq []int) (sent bool, err error) {
-	id := bt.prefix + "-" + strconv.FormatUint(bt.seq.Add(1), 36)
-	var last *nats.Msg
+	msgs := make([]*nats.Msg, len(uniq))
 	for n, i := range uniq {
-		msg := eventMsg(&batch[i])
+		msgs[n] = eventMsg(&batch[i])
+	}
+	return commitAtomic(c.nc, b.cfg.PublishTimeout, eventsStream, bt.prefix+"-"+strconv.FormatUint(bt.seq.Add(1), 36), msgs)
+}
+
+// commitAtomic sends msgs to stream as one atomic batch with the given id:
+// every message but the last as a plain core-NATS publish, the last as a
+// request carrying Nats-Batch-Commit. It returns nil only when the server
+// stored all of them; a *jetstream.APIError when it refused the batch (then
+// nothing is stored). sent reports whether the commit request went out; if
+// not, nothing can have been stored.
+func commitAtomic(nc *nats.Conn, timeout time.Duration, stream, id string, msgs []*nats.Msg) (sent bool, err error) {
+	for n, msg := range msgs {
 		msg.Header.Set(hdrBatchID, id)
 		msg.Header.Set(hdrBatchSeq, strconv.Itoa(n+1))
-		if n == len(uniq)-1 {
+		if n == len(msgs)-1 {
 			msg.Header.Set(hdrBatchCommit, "1")
-			last = msg
 			break
 		}
-		if err := c.nc.PublishMsg(msg); err != nil {
+		if err := nc.PublishMsg(msg); err != nil {
 			return false, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	resp, err := c.nc.RequestMsgWithContext(ctx, last)
+	resp, err := nc.RequestMsgWithContext(ctx, msgs[len(msgs)-1])
 	if err != nil {
 		return !errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, nats.ErrConnectionClosed), err
 	}
@@ -287,7 +292,7 @@ func (b *Broker) publishAtomic(c *conn, bt *batcher, batch []storeItem, uniq []i
 	if ack.Error != nil {
 		return true, ack.Error
 	}
-	if ack.Stream != eventsStream || ack.Batch != id || ack.Count != len(uniq) {
+	if ack.Stream != stream || ack.Batch != id || ack.Count != len(msgs) {
 		return true, fmt.Errorf("unexpected batch commit answer %q", resp.Data)
 	}
 	return true, nil

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -232,8 +230,7 @@ func (f *batchFanout) publishAtomic(batch []queuedDelivery) (sent bool, err erro
 		}
 		seen[q.id] = true
 	}
-	id := f.prefix + "-" + strconv.FormatUint(f.seq.Add(1), 36)
-	var last *nats.Msg
+	msgs := make([]*nats.Msg, len(batch))
 	for n, q := range batch {
 		msg := nats.NewMsg(q.msg.Subject)
 		msg.Data = q.msg.Data
@@ -242,32 +239,7 @@ func (f *batchFanout) publishAtomic(batch []queuedDelivery) (sent bool, err erro
 		}
 		msg.Header.Set(jetstream.MsgIDHeader, q.id)
 		msg.Header.Set(jetstream.ExpectedStreamHeader, deliveriesStream)
-		msg.Header.Set(hdrBatchID, id)
-		msg.Header.Set(hdrBatchSeq, strconv.Itoa(n+1))
-		if n == len(batch)-1 {
-			msg.Header.Set(hdrBatchCommit, "1")
-			last = msg
-			break
-		}
-		if err := f.c.nc.PublishMsg(msg); err != nil {
-			return false, err
-		}
+		msgs[n] = msg
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), f.b.cfg.PublishTimeout)
-	defer cancel()
-	resp, err := f.c.nc.RequestMsgWithContext(ctx, last)
-	if err != nil {
-		return !errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, nats.ErrConnectionClosed), err
-	}
-	var ack batchAck
-	if err := json.Unmarshal(resp.Data, &ack); err != nil {
-		return true, fmt.Errorf("batch commit answer %q: %w", resp.Data, err)
-	}
-	if ack.Error != nil {
-		return true, ack.Error
-	}
-	if ack.Stream != deliveriesStream || ack.Batch != id || ack.Count != len(batch) {
-		return true, fmt.Errorf("unexpected batch commit answer %q", resp.Data)
-	}
-	return true, nil
+	return commitAtomic(f.c.nc, f.b.cfg.PublishTimeout, deliveriesStream, f.prefix+"-"+strconv.FormatUint(f.seq.Add(1), 36), msgs)
 }
