@@ -188,7 +188,9 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 		for _, i := range uniq {
 			results[i] = storeResult{err: fmt.Errorf("%w: broker not running", ErrUnavailable)}
 		}
-	case len(uniq) == 1:
+	case len(uniq) == 1 || b.cfg.RelaxedSync:
+		// Without SyncAlways there is no fsync to share, and pipelined
+		// publishes beat the server's staging of an atomic batch.
 		b.publishEach(c, batch, uniq, results)
 	default:
 		sent, err := b.publishAtomic(c, bt, batch, uniq)

@@ -15,48 +15,64 @@ func (b *Broker) IngressHandler() http.Handler {
 	return newIngressHandler(b, b.cfg.Ingress, b.metrics, b.log)
 }
 
-// natsIngressWorkers bounds how many NATS-published events are being stored
-// at once; further messages wait in the subscription's pending buffer, and
-// nats.go reports a slow consumer rather than growing without bound.
-const natsIngressWorkers = 32
-
 // startNATSIngress subscribes to weft.in.> on the in-process connection:
 // each message is decoded, validated, stored, and, when it has a reply
 // subject, acknowledged after storage with natsAck's payload.
+//
+// Messages are stored concurrently, so that they share fsyncs (group commit),
+// at most MaxInflight at once: one more is answered 429 at once. The
+// subscription's callback never blocks, so nats.go never drops a request as
+// a slow consumer (a channel subscription would, as soon as its buffer is
+// full).
 func (b *Broker) startNATSIngress(ctx context.Context, c *conn) (*ingressSub, error) {
-	msgs := make(chan *nats.Msg, natsIngressWorkers) // small hand-off buffer between nats.go and the workers
-	sub, err := c.nc.ChanQueueSubscribe(ingressSubjects, "weft-ingress", msgs)
+	s := &ingressSub{slots: make(chan struct{}, b.cfg.MaxInflight)}
+	sub, err := c.nc.QueueSubscribe(ingressSubjects, "weft-ingress", func(msg *nats.Msg) {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			b.metrics.Received.WithLabelValues("nats").Inc()
+			b.metrics.Rejected.WithLabelValues(rejectReason(ErrOverloaded)).Inc()
+			if msg.Reply != "" {
+				_ = msg.Respond(natsAck(0, ErrOverloaded))
+			}
+			return
+		}
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			<-s.slots
+			return // not acknowledged: the publisher retries
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() { // owned: s.wg, waited for by stop
+			defer func() { <-s.slots; s.wg.Done() }()
+			b.handleNATSIngress(ctx, msg)
+		}()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: subscribe %s: %w", ingressSubjects, err)
 	}
-	s := &ingressSub{sub: sub, done: make(chan struct{})}
-	for range natsIngressWorkers {
-		s.wg.Go(func() {
-			for {
-				select {
-				case msg := <-msgs:
-					b.handleNATSIngress(ctx, msg)
-				case <-s.done:
-					return
-				}
-			}
-		})
-	}
+	s.sub = sub
 	return s, nil
 }
 
 type ingressSub struct {
-	sub  *nats.Subscription
-	done chan struct{} // closed by stop; msgs is never closed, nats.go owns its sends
-	wg   sync.WaitGroup
-	once sync.Once
+	sub     *nats.Subscription
+	slots   chan struct{} // messages being stored
+	mu      sync.Mutex    // guards stopped against wg.Add
+	stopped bool
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 // stop unsubscribes and waits for in-flight messages.
 func (s *ingressSub) stop() {
 	s.once.Do(func() {
 		_ = s.sub.Unsubscribe()
-		close(s.done)
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
 		s.wg.Wait()
 	})
 }

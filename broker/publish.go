@@ -89,7 +89,13 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	}
 	// From here the in-flight slots are released as the events resolve
 	// (storeCall.resolve), not when Store returns.
-	b.batcher().enqueue(b, items)
+	if b.cfg.RelaxedSync {
+		// No fsync to share: each call publishes its own events, pipelined,
+		// without waiting for a committer.
+		b.commit(b.batcher(), items)
+	} else {
+		b.batcher().enqueue(b, items)
+	}
 	select {
 	case <-call.done:
 		call.mu.Lock()
