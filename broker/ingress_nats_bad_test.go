@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -93,4 +94,46 @@ func TestNATSIngressStoresNothingInvalid(t *testing.T) {
 	}
 	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count("http://catch-all.invalid/") == 1 }, "good event not delivered")
 	t.Logf("%d malformed messages refused over NATS, none stored", len(msgs))
+}
+
+// TestNATSIngressBurst: a burst of requests far beyond what is stored at
+// once is answered in full — every message acknowledged, none dropped as a
+// slow consumer — and every event is stored.
+func TestNATSIngressBurst(t *testing.T) {
+	b, _ := startBroker(t, newRecorder())
+	nc, err := nats.Connect(b.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const burst = 1000
+	acks := make(chan *nats.Msg, burst)
+	inbox := nats.NewInbox()
+	sub, err := nc.ChanSubscribe(inbox, acks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for i := range burst {
+		m := natsMsg(natsBinary(fmt.Sprintf("burst-%d", i)), `{}`)
+		m.Subject, m.Reply = "weft.in.burst", inbox
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := 0
+	for stored < burst {
+		select {
+		case m := <-acks:
+			if string(m.Data) != `{"stored":1}` {
+				t.Fatalf("ack %s", m.Data)
+			}
+			stored++
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d requests acknowledged; the rest were dropped", stored, burst)
+		}
+	}
+	if n := testutil.ToFloat64(b.metrics.Stored); n != burst {
+		t.Fatalf("stored %v events, want %d", n, burst)
+	}
 }
