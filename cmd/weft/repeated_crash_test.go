@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -8,6 +9,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestRepeatedKill9 kills weft with SIGKILL five times under load, after
@@ -62,4 +66,29 @@ func TestRepeatedKill9(t *testing.T) {
 		t.Errorf("not every acknowledged event was delivered: %v", r)
 	}
 	t.Log(r)
+	// A kill can repeat only deliveries handed out and not yet settled, and
+	// a trigger's consumer hands out at most TriggerWorkers (32) at once.
+	if bound := 5 * 32; r.Duplicated > bound {
+		t.Errorf("%d events delivered more than once, more than 5 kills × 32 in flight = %d", r.Duplicated, bound)
+	}
+	n.requireStreams(t, "WEFT_EVENTS", "WEFT_DELIVERIES", "WEFT_DLQ")
+}
+
+// requireStreams fails unless each named JetStream stream exists on n.
+func (n *weftNode) requireStreams(t *testing.T, names ...string) {
+	t.Helper()
+	nc, err := nats.Connect("nats://" + n.nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if _, err := js.Stream(context.Background(), name); err != nil {
+			t.Errorf("stream %s after the kills: %v", name, err)
+		}
+	}
 }
