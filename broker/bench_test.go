@@ -112,8 +112,7 @@ func BenchmarkStoreConcurrent(b *testing.B) {
 			}
 		})
 		b.Run(fmt.Sprintf("c=%d/jetstream", c), func(b *testing.B) {
-			js, stop := refJetStream(b)
-			defer stop()
+			js := refJetStream(b, true)
 			var next atomic.Int64
 			body := []byte(data)
 			b.ReportAllocs()
@@ -176,12 +175,13 @@ func runWorkers(b *testing.B, c int, f func() error) {
 	}
 }
 
-// refJetStream starts the reference: an embedded nats-server with SyncAlways
-// and a stream configured like WEFT_EVENTS (without atomic publish, which
-// the pipelined publisher does not use), reached in-process.
-func refJetStream(b *testing.B) (jetstream.JetStream, func()) {
+// refJetStream starts the reference: an embedded nats-server, with SyncAlways
+// or not, and a stream configured like WEFT_EVENTS (without atomic publish,
+// which the pipelined publisher does not use), reached in-process; it stops
+// when the benchmark ends.
+func refJetStream(b *testing.B, syncAlways bool) jetstream.JetStream {
 	ns, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: true,
+		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: syncAlways,
 		DontListen: true, NoSigs: true, NoLog: true, MaxPayload: 1 << 20,
 	})
 	if err != nil {
@@ -195,6 +195,7 @@ func refJetStream(b *testing.B) (jetstream.JetStream, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		b.Fatal(err)
@@ -207,5 +208,5 @@ func refJetStream(b *testing.B) (jetstream.JetStream, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return js, func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }
+	return js
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,7 +19,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -375,11 +373,13 @@ func streamEmpty(js jetstream.JetStream, name string) bool {
 // the timed rounds up.
 func waitUntil(b *testing.B, timeout time.Duration, cond func() bool, msg string) {
 	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			b.Fatal(msg)
 		}
-		time.Sleep(time.Millisecond)
+		<-tick.C
 	}
 }
 
@@ -458,35 +458,7 @@ type jsConsumeFixture struct {
 }
 
 func newJSConsumeFixture(b *testing.B) *jsConsumeFixture {
-	ns, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: !dispatchRelaxed,
-		DontListen: true, NoSigs: true, NoLog: true, MaxPayload: 1 << 20,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		b.Fatal("reference nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: eventsStream, Subjects: []string{eventsSubject},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
-		Duplicates: 2 * time.Minute, MaxMsgSize: 1 << 20,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return &jsConsumeFixture{js: js}
+	return &jsConsumeFixture{js: refJetStream(b, !dispatchRelaxed)}
 }
 
 // round publishes payloads (untimed), then times a durable pull consumer
