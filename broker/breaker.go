@@ -94,6 +94,8 @@ type breakers struct {
 	m    *Metrics
 	next Deliverer
 
+	keys sync.Map // target → circuitKey(target): parsed once, not per delivery
+
 	mu       sync.Mutex
 	circuits map[string]*circuit
 }
@@ -123,7 +125,11 @@ func circuitKey(target string) string {
 }
 
 func (b *breakers) Deliver(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
-	key := circuitKey(target)
+	k, ok := b.keys.Load(target)
+	if !ok {
+		k, _ = b.keys.LoadOrStore(target, circuitKey(target))
+	}
+	key := k.(string)
 	probe, err := b.admit(key)
 	if err != nil {
 		b.m.CircuitRejected.WithLabelValues(key).Inc()
