@@ -54,6 +54,10 @@ type ingestConfig struct {
 	Batch       int           // events per request in batch mode
 	JetStream   bool          // also measure JetStream alone (embedded, synced like weft)
 	Relaxed     bool          // the JetStream reference fsyncs on an interval, as weft --relaxed-sync
+	// RelaxedServer, when set, is a second node run with --relaxed-sync,
+	// measured in the same rounds (goals 1b and 2a; with JetStream, a second
+	// JetStream reference synced on an interval too).
+	RelaxedServer string
 }
 
 func (c ingestConfig) validate() error {
@@ -70,6 +74,8 @@ func (c ingestConfig) validate() error {
 		return fmt.Errorf("--mode %q: want binary, structured or batch", c.Mode)
 	case c.Mode == "batch" && c.Batch < 1:
 		return fmt.Errorf("--batch %d: want at least 1", c.Batch)
+	case c.RelaxedServer != "" && c.Relaxed:
+		return fmt.Errorf("--relaxed-server with --relaxed-sync: --relaxed-sync says --server itself syncs on an interval; give one or the other")
 	}
 	return nil
 }
@@ -138,6 +144,7 @@ it cannot be reached.`,
 	f.IntVar(&c.Batch, "batch", c.Batch, "events per request with --mode batch")
 	f.BoolVar(&c.JetStream, "jetstream", true, "also measure JetStream alone, embedded in this process, with the same publishers")
 	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync")
+	f.StringVar(&c.RelaxedServer, "relaxed-server", "", "URL of a second node run with --relaxed-sync, measured in the same rounds (durability tax, goals 1b and 2a)")
 	return cmd
 }
 
@@ -199,6 +206,10 @@ type ingestReport struct {
 	Weft        benchSide  `json:"weft"`
 	Reference   benchSide  `json:"reference"`
 	JetStream   *benchSide `json:"jetstream,omitempty"`
+	// Relaxed is the --relaxed-server node, JetStreamRelaxed the JetStream
+	// reference synced on an interval measured with it.
+	Relaxed          *benchSide `json:"relaxed,omitempty"`
+	JetStreamRelaxed *benchSide `json:"jetstream_relaxed,omitempty"`
 	// Ratio is weft ÷ reference of the medians: above 1 is better for
 	// throughput, below 1 is better for latency. Zero when undefined.
 	Ratio struct {
@@ -212,8 +223,14 @@ type ingestReport struct {
 		// per request, with the JetStream reference measured.
 		P50HopSum float64 `json:"p50_hop_sum,omitempty"`
 		P99HopSum float64 `json:"p99_hop_sum,omitempty"`
+		// DurabilityTax is weft ÷ the --relaxed-server node (goal 1b).
+		DurabilityTax float64 `json:"durability_tax,omitempty"`
+		// RelaxedBound is the --relaxed-server node ÷ the additive bound
+		// 1/(1/reference + 1/JetStream synced on an interval) (goal 2a).
+		RelaxedBound float64 `json:"relaxed_bound,omitempty"`
 	} `json:"ratio"`
-	// Goals holds goal 3's checks when they apply (see Ratio.P50HopSum).
+	// Goals holds the checks of issue 5's goals 1, 2a and 3 that the run
+	// measured.
 	Goals   []goalCheck `json:"goals,omitempty"`
 	Machine machineInfo `json:"machine"`
 }
@@ -247,9 +264,24 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	}
 	rep.Weft.Target = strings.TrimRight(cfg.Server, "/") + "/"
 	rep.Reference.Target = ref + "/"
-	var js *jetStreamRef
+	// HTTP sides in the order each round measures them.
+	type httpSide struct {
+		name string
+		side *benchSide
+	}
+	sides := []httpSide{{"weft", &rep.Weft}, {"reference", &rep.Reference}}
+	if cfg.RelaxedServer != "" {
+		rep.Relaxed = &benchSide{Target: strings.TrimRight(cfg.RelaxedServer, "/") + "/"}
+		sides = append(sides, httpSide{"weft --relaxed-sync", rep.Relaxed})
+	}
+	type jsSide struct {
+		ref  *jetStreamRef
+		side *benchSide
+	}
+	var jsSides []jsSide
 	if cfg.JetStream {
-		if js, err = startJetStreamRef(ctx, cfg.Relaxed); err != nil {
+		js, err := startJetStreamRef(ctx, cfg.Relaxed)
+		if err != nil {
 			return nil, err
 		}
 		defer js.stop()
@@ -258,24 +290,31 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 			mode = "interval fsync"
 		}
 		rep.JetStream = &benchSide{Target: "embedded JetStream, " + mode}
+		jsSides = append(jsSides, jsSide{js, rep.JetStream})
+		if cfg.RelaxedServer != "" {
+			jsr, err := startJetStreamRef(ctx, true)
+			if err != nil {
+				return nil, err
+			}
+			defer jsr.stop()
+			rep.JetStreamRelaxed = &benchSide{Target: "embedded JetStream, interval fsync"}
+			jsSides = append(jsSides, jsSide{jsr, rep.JetStreamRelaxed})
+		}
 	}
 	for r := 1; r <= cfg.Rounds; r++ {
-		if js != nil {
+		for _, j := range jsSides {
 			runID, err := uuid.NewV7()
 			if err != nil {
 				return nil, err
 			}
-			st, err := js.run(ctx, cfg, runID.String())
+			st, err := j.ref.run(ctx, cfg, runID.String())
 			if err != nil {
 				return nil, err
 			}
-			rep.JetStream.Rounds = append(rep.JetStream.Rounds, st)
+			j.side.Rounds = append(j.side.Rounds, st)
 		}
-		for _, side := range []*benchSide{&rep.Weft, &rep.Reference} {
-			name := "weft"
-			if side == &rep.Reference {
-				name = "reference"
-			}
+		for _, hs := range sides {
+			name, side := hs.name, hs.side
 			st, err := runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
 				if progress != nil {
 					fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
@@ -299,18 +338,54 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	if rep.JetStream != nil {
 		rep.JetStream.summarize()
 		rep.Ratio.EventsPerSecJetStream = ratio(rep.Weft.EventsPerSec, rep.JetStream.EventsPerSec)
-		if cfg.Concurrency == 1 && cfg.eventsPerRequest() == 1 {
-			j := rep.JetStream
-			rep.Ratio.P50HopSum = ratio(rep.Weft.P50ms, rep.Reference.P50ms+j.P50ms)
-			rep.Ratio.P99HopSum = ratio(rep.Weft.P99ms, rep.Reference.P99ms+j.P99ms)
-			measured := rep.Weft.Accepted > 0 && rep.Reference.Accepted > 0 && j.Accepted > 0
-			rep.Goals = []goalCheck{
-				newGoalCheck("p50 ≤ 1.2 × (HTTP hop + fsynced publish)", rep.Weft.P50ms, 1.2*(rep.Reference.P50ms+j.P50ms), "ms", false, measured),
-				newGoalCheck("p99 ≤ 1.5 × (sum of their p99s)", rep.Weft.P99ms, 1.5*(rep.Reference.P99ms+j.P99ms), "ms", false, measured),
-			}
+	}
+	if rep.Relaxed != nil {
+		rep.Relaxed.summarize()
+		rep.Ratio.DurabilityTax = ratio(rep.Weft.EventsPerSec, rep.Relaxed.EventsPerSec)
+	}
+	if rep.JetStreamRelaxed != nil {
+		rep.JetStreamRelaxed.summarize()
+		if h, j := rep.Reference.EventsPerSec, rep.JetStreamRelaxed.EventsPerSec; h > 0 && j > 0 {
+			rep.Ratio.RelaxedBound = ratio(rep.Relaxed.EventsPerSec, 1/(1/h+1/j))
 		}
 	}
+	rep.Goals = ingestGoals(cfg, rep)
 	return rep, nil
+}
+
+// ingestGoals checks the goals of issue 5 that rep measured: 1a (durable
+// ingest ≥ 4 × JetStream's pipelined publisher with fsync per ack), 1b
+// (durability tax ≥ 0.5), 2a (interval-fsync ingest ≥ 0.8 × the additive
+// bound of the HTTP ceiling and JetStream) and, at one connection, 3.
+func ingestGoals(cfg ingestConfig, rep *ingestReport) []goalCheck {
+	var goals []goalCheck
+	ok := func(sides ...*benchSide) bool {
+		for _, s := range sides {
+			if s == nil || s.Accepted == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	if j := rep.JetStream; j != nil && !cfg.Relaxed {
+		goals = append(goals, newGoalCheck("1a. events/s ≥ 4 × JetStream, fsync per ack", rep.Ratio.EventsPerSecJetStream, 4, "×", true, ok(&rep.Weft, j)))
+	}
+	if rep.Relaxed != nil {
+		goals = append(goals, newGoalCheck("1b. fsync per ack ÷ interval fsync ≥ 0.5", rep.Ratio.DurabilityTax, 0.5, "×", true, ok(&rep.Weft, rep.Relaxed)))
+	}
+	if rep.JetStreamRelaxed != nil {
+		goals = append(goals, newGoalCheck("2a. interval fsync ≥ 0.8 × 1/(1/http + 1/js)", rep.Ratio.RelaxedBound, 0.8, "×", true,
+			ok(rep.Relaxed, &rep.Reference, rep.JetStreamRelaxed)))
+	}
+	if j := rep.JetStream; j != nil && cfg.Concurrency == 1 && cfg.eventsPerRequest() == 1 {
+		rep.Ratio.P50HopSum = ratio(rep.Weft.P50ms, rep.Reference.P50ms+j.P50ms)
+		rep.Ratio.P99HopSum = ratio(rep.Weft.P99ms, rep.Reference.P99ms+j.P99ms)
+		measured := ok(&rep.Weft, &rep.Reference, j)
+		goals = append(goals,
+			newGoalCheck("3. p50 ≤ 1.2 × (HTTP hop + fsynced publish)", rep.Weft.P50ms, 1.2*(rep.Reference.P50ms+j.P50ms), "ms", false, measured),
+			newGoalCheck("3. p99 ≤ 1.5 × (sum of their p99s)", rep.Weft.P99ms, 1.5*(rep.Reference.P99ms+j.P99ms), "ms", false, measured))
+	}
+	return goals
 }
 
 func (s *benchSide) summarize() {
@@ -657,9 +732,19 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
 			j.Target, num(j.EventsPerSec), lat(j.P50ms), lat(j.P99ms), rat(r.Ratio.EventsPerSecJetStream))
 	}
-	if len(r.Goals) > 0 {
+	if x := r.Relaxed; x != nil {
+		fmt.Fprintf(w, "weft --relaxed-sync at %s, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ it %s (durability tax)\n",
+			x.Target, num(x.EventsPerSec), lat(x.P50ms), lat(x.P99ms), rat(r.Ratio.DurabilityTax))
+	}
+	if j := r.JetStreamRelaxed; j != nil {
+		fmt.Fprintf(w, "%s, same rounds: %s events/s; weft --relaxed-sync ÷ 1/(1/reference + 1/it) %s\n",
+			j.Target, num(j.EventsPerSec), rat(r.Ratio.RelaxedBound))
+	}
+	if r.Ratio.P50HopSum > 0 {
 		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", rat(r.Ratio.P50HopSum), rat(r.Ratio.P99HopSum))
-		writeGoals(w, "goal 3 (issue 5):", r.Goals)
+	}
+	if len(r.Goals) > 0 {
+		writeGoals(w, "issue 5 goals:", r.Goals)
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)

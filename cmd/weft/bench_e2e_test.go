@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -145,39 +146,84 @@ func TestBenchWorker(t *testing.T) {
 	}
 }
 
-// TestBenchIngestGoal3: at one connection with the JetStream reference,
-// ingest reports weft ÷ (HTTP + publish) and checks goal 3; at more
-// connections it does not.
-func TestBenchIngestGoal3(t *testing.T) {
+// TestBenchIngestGoals: with the JetStream reference, ingest checks goal 1a
+// at every concurrency and goal 3 at one connection; with --relaxed-server
+// it measures that node in the same rounds, with a second JetStream synced
+// on an interval, and checks goals 1b and 2a from their figures.
+func TestBenchIngestGoals(t *testing.T) {
 	srv, _ := ingestStub(t, http.StatusAccepted)
-	for _, c := range []int{1, 2} {
-		cfg := ingestConfig{Server: srv.URL, Duration: 300 * time.Millisecond, Concurrency: c, Size: 256, Rounds: 1, Mode: "binary", JetStream: true}
+	relaxed, relaxedIDs := ingestStub(t, http.StatusAccepted)
+	criteria := func(goals []goalCheck) []string {
+		var cs []string
+		for _, g := range goals {
+			if !g.Measured {
+				t.Errorf("goal %q not measured", g.Criterion)
+			}
+			cs = append(cs, g.Criterion[:3])
+		}
+		return cs
+	}
+	for _, tc := range []struct {
+		concurrency int
+		relaxed     bool
+		want        []string
+	}{
+		{1, false, []string{"1a.", "3. ", "3. "}},
+		{2, false, []string{"1a."}},
+		{2, true, []string{"1a.", "1b.", "2a."}},
+	} {
+		cfg := ingestConfig{Server: srv.URL, Duration: 300 * time.Millisecond, Concurrency: tc.concurrency, Size: 256, Rounds: 1, Mode: "binary", JetStream: true}
+		if tc.relaxed {
+			cfg.RelaxedServer = relaxed.URL
+		}
 		rep, err := benchIngest(t.Context(), cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if rep.JetStream == nil || rep.JetStream.Accepted == 0 || rep.JetStream.P50ms <= 0 || rep.JetStream.P50ms > rep.JetStream.P99ms {
-			t.Fatalf("concurrency %d: JetStream percentiles not measured: %+v", c, rep.JetStream)
+			t.Fatalf("%+v: JetStream percentiles not measured: %+v", tc, rep.JetStream)
 		}
-		if c > 1 {
-			if len(rep.Goals) != 0 || rep.Ratio.P50HopSum != 0 {
-				t.Errorf("concurrency %d: goal 3 checked: %+v", c, rep.Goals)
-			}
-			continue
+		if got := criteria(rep.Goals); !slices.Equal(got, tc.want) {
+			t.Errorf("%+v: goals %q, want %q", tc, got, tc.want)
 		}
-		want := rep.Weft.P50ms / (rep.Reference.P50ms + rep.JetStream.P50ms)
-		if rep.Ratio.P50HopSum != want || rep.Ratio.P99HopSum <= 0 {
-			t.Errorf("goal-3 ratios %v / %v, want p50 %v", rep.Ratio.P50HopSum, rep.Ratio.P99HopSum, want)
-		}
-		if len(rep.Goals) != 2 || !rep.Goals[0].Measured {
-			t.Errorf("goal 3 not checked: %+v", rep.Goals)
+		if want := rep.Weft.EventsPerSec / rep.JetStream.EventsPerSec; rep.Goals[0].Got != want {
+			t.Errorf("%+v: goal 1a got %v, want %v", tc, rep.Goals[0].Got, want)
 		}
 		var out bytes.Buffer
 		if err := rep.writeTable(&out); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out.String(), "goal 3") {
-			t.Errorf("table lacks goal 3:\n%s", out.String())
+		if !strings.Contains(out.String(), "issue 5 goals") {
+			t.Errorf("table lacks the goals:\n%s", out.String())
+		}
+		switch {
+		case tc.concurrency == 1:
+			want := rep.Weft.P50ms / (rep.Reference.P50ms + rep.JetStream.P50ms)
+			if rep.Ratio.P50HopSum != want || rep.Ratio.P99HopSum <= 0 {
+				t.Errorf("goal-3 ratios %v / %v, want p50 %v", rep.Ratio.P50HopSum, rep.Ratio.P99HopSum, want)
+			}
+		case tc.relaxed:
+			x, j := rep.Relaxed, rep.JetStreamRelaxed
+			if x == nil || x.Accepted == 0 || j == nil || j.Accepted == 0 || len(x.Rounds) != 1 {
+				t.Fatalf("relaxed sides not measured: %+v, %+v", x, j)
+			}
+			if int64(len(relaxedIDs())) != x.Requests {
+				t.Errorf("the relaxed node saw %d distinct ids for %d requests", len(relaxedIDs()), x.Requests)
+			}
+			if want := rep.Weft.EventsPerSec / x.EventsPerSec; rep.Ratio.DurabilityTax != want || rep.Goals[1].Got != want {
+				t.Errorf("durability tax %v (goal %v), want %v", rep.Ratio.DurabilityTax, rep.Goals[1].Got, want)
+			}
+			bound := 1 / (1/rep.Reference.EventsPerSec + 1/j.EventsPerSec)
+			if want := x.EventsPerSec / bound; rep.Ratio.RelaxedBound != want || rep.Goals[2].Got != want {
+				t.Errorf("goal 2a ratio %v (goal %v), want %v", rep.Ratio.RelaxedBound, rep.Goals[2].Got, want)
+			}
+			if !strings.Contains(out.String(), "durability tax") {
+				t.Errorf("table lacks the relaxed node:\n%s", out.String())
+			}
+		default:
+			if rep.Ratio.P50HopSum != 0 || rep.Relaxed != nil {
+				t.Errorf("concurrency %d: goal 3 or relaxed figures reported: %+v", tc.concurrency, rep.Ratio)
+			}
 		}
 	}
 }

@@ -199,6 +199,7 @@ func TestBenchIngestUsage(t *testing.T) {
 		{"ingest", "--mode", "carrier-pigeon"},
 		{"ingest", "--concurrency", "0"},
 		{"ingest", "--mode", "batch", "--batch", "0"},
+		{"ingest", "--relaxed-sync", "--relaxed-server", "http://127.0.0.1:1"},
 		{},
 	} {
 		g := &globals{server: "http://127.0.0.1:1", output: "table", stdout: io.Discard, stderr: io.Discard}
