@@ -150,11 +150,13 @@ type fnState struct {
 	logs      *logBuffer // set once; has its own lock
 	changed   chan struct{}
 
-	scaler    *Autoscaler // rebuilt when the spec's scale settings change
-	desired   int         // the autoscaler's last decision: instances of the current spec to run
-	waiting   int         // Deliver calls waiting for a slot: the requests the activator holds
-	panic     bool        // the autoscaler's mode at its last decision
-	decisions []Decision  // the latest changes of desired, oldest first, at most maxDecisions
+	scaler      *Autoscaler // rebuilt when the spec's scale settings change
+	desired     int         // the autoscaler's last decision: instances of the current spec to run
+	waiting     int         // Deliver calls waiting for a slot: the requests the activator holds
+	backlog     int         // the broker's backlog of the function's triggers at the last sample
+	burstDemand int         // the demand burstLocked last observed since the last sample
+	panic       bool        // the autoscaler's mode at its last decision
+	decisions   []Decision  // the latest changes of desired, oldest first, at most maxDecisions
 }
 
 // setDesiredLocked records a decision that changes the instance count and
@@ -600,6 +602,7 @@ func (p *Pool) acquire(ctx context.Context, name string) (*instance, int, error)
 		}
 		if in := fs.pickLocked(); in != nil {
 			in.inflight++
+			p.burstLocked(fs)
 			port := in.port
 			p.mu.Unlock()
 			return in, port, nil
@@ -617,6 +620,8 @@ func (p *Pool) acquire(ctx context.Context, name string) (*instance, int, error)
 				d.Reason = "cold start: a request is waiting"
 			}
 			p.setDesiredLocked(fs, d)
+		} else {
+			p.burstLocked(fs)
 		}
 		ch := fs.waitCh()
 		p.mu.Unlock()

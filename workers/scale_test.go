@@ -127,3 +127,31 @@ func TestBacklogScalesBeforeRequests(t *testing.T) {
 type backlogFunc func(string) int
 
 func (f backlogFunc) Backlog(name string) int { return f(name) }
+
+// TestBurstScalesBetweenTicks: a step in load starts instances as requests
+// arrive, not at the autoscaler's next tick. The pool here never ticks (it
+// samples once an hour), so only the arrivals can scale it.
+func TestBurstScalesBetweenTicks(t *testing.T) {
+	p := startPool(t, Config{SampleEvery: time.Hour})
+	fn := goFn("stepped")
+	fn.Scale = Scale{Min: 1, Max: 3, Target: 1}
+	p.Apply(fn)
+	waitFor(t, 15*time.Second, func() bool { return statusOf(t, p, "stepped").Ready == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 8 { // 8 × the target on one instance: over the panic threshold (2×)
+		wg.Go(func() {
+			if _, err := p.Deliver(ctx, "function:stepped", newEvent(map[string]any{"sleep_ms": 3000})); err != nil {
+				t.Errorf("delivery: %v", err)
+			}
+		})
+	}
+	waitFor(t, 15*time.Second, func() bool { return statusOf(t, p, "stepped").Ready == 3 })
+	st := statusOf(t, p, "stepped")
+	if st.Desired != 3 || len(st.Decisions) == 0 || !strings.HasPrefix(st.Decisions[len(st.Decisions)-1].Reason, "panic") {
+		t.Errorf("status %+v, want 3 instances (max) from a panic decision", st)
+	}
+	wg.Wait()
+}
