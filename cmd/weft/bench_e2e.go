@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -50,6 +51,14 @@ func (c e2eConfig) validate() error {
 // benchWorkerReportEnv names the UDP address the bench worker reports each
 // event it receives to ("<ce-id> <unix ns>"), when set.
 const benchWorkerReportEnv = "BENCH_REPORT_ADDR"
+
+// benchWorkerHoldEnv, when set to a duration, makes the bench worker hold
+// each request that long and answer with a reply event whose source is
+// benchWorkerSource + its process id, so a caller can tell instances apart
+// (`bench scale`'s step).
+const benchWorkerHoldEnv = "BENCH_HOLD"
+
+const benchWorkerSource = "/bench/worker/"
 
 const e2eType = "dev.weft.bench.e2e"
 
@@ -113,7 +122,8 @@ Issue 5's goal 4 is checked: p50 ≤ 1.5 × the sum of the hops' p50s, p99 ≤
 // newBenchWorkerCmd is the worker of `bench e2e` and `bench scale`: a bare
 // HTTP server on 127.0.0.1:$PORT answering 200 with no body (no reply
 // event). With $BENCH_REPORT_ADDR it sends one UDP datagram per request to
-// that address, "<ce-id> <unix ns of arrival>", before answering.
+// that address, "<ce-id> <unix ns of arrival>", before answering; with
+// $BENCH_HOLD it holds each request and replies (see benchWorkerHoldEnv).
 func newBenchWorkerCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:    "worker",
@@ -138,6 +148,14 @@ func newBenchWorkerCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("bench worker: %w", err)
 			}
+			var hold time.Duration
+			if v := os.Getenv(benchWorkerHoldEnv); v != "" {
+				if hold, err = time.ParseDuration(v); err != nil {
+					return withCode(exitUsage, fmt.Errorf("bench worker: $%s: %w", benchWorkerHoldEnv, err))
+				}
+			}
+			source := benchWorkerSource + strconv.Itoa(os.Getpid())
+			var replies atomic.Int64
 			var mu sync.Mutex // one datagram at a time on the shared socket
 			srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if report != nil {
@@ -150,6 +168,18 @@ func newBenchWorkerCmd() *cobra.Command {
 					mu.Unlock()
 				}
 				_, _ = io.Copy(io.Discard, r.Body)
+				if hold > 0 {
+					select {
+					case <-time.After(hold):
+					case <-r.Context().Done():
+						return
+					}
+					h := w.Header()
+					h.Set("Ce-Specversion", "1.0")
+					h.Set("Ce-Id", strconv.FormatInt(replies.Add(1), 10))
+					h.Set("Ce-Source", source)
+					h.Set("Ce-Type", "dev.weft.bench.reply")
+				}
 				w.WriteHeader(http.StatusOK)
 			})}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +73,8 @@ func TestBenchE2E(t *testing.T) {
 
 // TestBenchScale runs `weft bench scale` briefly through the command, with
 // the smallest worker (testdata/benchworker) given by --worker: both sides
-// measured, JSON out, goal 7 checked, and no Function left behind.
+// measured, the scale-up step too (its worker holds requests and names its
+// process in its replies), JSON out, goal 7 checked.
 func TestBenchScale(t *testing.T) {
 	skipShort(t)
 	worker := filepath.Join(t.TempDir(), "benchworker")
@@ -82,7 +84,7 @@ func TestBenchScale(t *testing.T) {
 	var out bytes.Buffer
 	g := &globals{output: "json", stdout: &out, stderr: io.Discard}
 	cmd := newBenchCmd(g)
-	cmd.SetArgs([]string{"scale", "--samples", "3", "--rounds", "2", "--weft", weftBin, "--worker", worker})
+	cmd.SetArgs([]string{"scale", "--samples", "3", "--steps", "1", "--rounds", "2", "--weft", weftBin, "--worker", worker})
 	if err := cmd.ExecuteContext(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -98,13 +100,26 @@ func TestBenchScale(t *testing.T) {
 	if rep.Ratio.P50 <= 0 || rep.Ratio.P90 <= 0 || rep.Worker != worker {
 		t.Errorf("ratio %+v, worker %q", rep.Ratio, rep.Worker)
 	}
-	if len(rep.Goals) != 2 || !rep.Goals[0].Measured || !rep.Goals[1].Measured {
-		t.Errorf("goal 7 not checked: %+v", rep.Goals)
+	if rep.Step == nil {
+		t.Fatal("no step measured")
+	}
+	checkLatencySide(t, "step", *rep.Step, 2)
+	if rep.Step.Accepted != 2 || rep.Step.P50ms < float64(stepHold.Milliseconds()) {
+		t.Errorf("step: %d samples, p50 %.1f ms; want 2, at least the worker's hold (%s)", rep.Step.Accepted, rep.Step.P50ms, stepHold)
+	}
+	if len(rep.Goals) != 4 {
+		t.Fatalf("goal 7: %d checks, want 4: %+v", len(rep.Goals), rep.Goals)
+	}
+	for _, g := range rep.Goals {
+		if !g.Measured {
+			t.Errorf("goal 7 not checked: %+v", g)
+		}
 	}
 }
 
 // TestBenchWorker: the hidden worker answers 200 and reports each event's
-// id and arrival time over UDP.
+// id and arrival time over UDP; with $BENCH_HOLD it holds the request and
+// replies with an event naming its process.
 func TestBenchWorker(t *testing.T) {
 	skipShort(t)
 	a, err := newArrivals()
@@ -117,7 +132,7 @@ func TestBenchWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(addr)
-	p, err := startWorkerProc(workerArgv(weftBin, ""), port, benchWorkerReportEnv+"="+a.addr)
+	p, err := startWorkerProc(workerArgv(weftBin, ""), port, benchWorkerReportEnv+"="+a.addr, benchWorkerHoldEnv+"=20ms")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,8 +149,12 @@ func TestBenchWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	held := time.Since(before)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %s", resp.Status)
+	}
+	if src := resp.Header.Get("Ce-Source"); src != benchWorkerSource+strconv.Itoa(p.pid()) || held < 20*time.Millisecond {
+		t.Errorf("reply source %q after %s, want %s%d after at least 20ms", src, held, benchWorkerSource, p.pid())
 	}
 	at, err := a.wait(t.Context(), "w-1", 10*time.Second)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -22,6 +24,7 @@ import (
 // scaleConfig is one `weft bench scale` run.
 type scaleConfig struct {
 	Samples int    // cold starts per side per round
+	Steps   int    // scale-up steps per round (0 = none)
 	Rounds  int    // rounds; each measures weft, then by hand
 	Weft    string // weft binary to run serve and the worker from; "" = this one
 	Worker  string // worker binary (serves $PORT); "" = the weft binary's bench worker
@@ -33,14 +36,26 @@ func (c scaleConfig) validate() error {
 		return fmt.Errorf("--samples %d: want at least 1", c.Samples)
 	case c.Rounds < 1:
 		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
+	case c.Steps < 0:
+		return fmt.Errorf("--steps %d: want 0 or more", c.Steps)
 	}
 	return nil
 }
 
+// The scale-up step of goal 7: a Function with scale target stepTarget runs
+// one warm instance whose requests each take stepHold; then stepFactor ×
+// stepTarget callers invoke it at once, in closed loops, until one answer
+// comes from a second instance.
+const (
+	stepTarget = 2
+	stepFactor = 8
+	stepHold   = 50 * time.Millisecond
+)
+
 func newBenchScaleCmd(g *globals) *cobra.Command {
-	c := scaleConfig{Samples: 10, Rounds: 3}
+	c := scaleConfig{Samples: 10, Rounds: 3, Steps: 3}
 	cmd := &cobra.Command{
-		Use:   "scale [--samples 10] [--rounds 3]",
+		Use:   "scale [--samples 10] [--steps 3] [--rounds 3]",
 		Short: "Scale from zero: a call to a Function with no instance → its answer, against the same worker spawned by hand",
 		Long: `Starts a ` + "`weft serve`" + ` (temporary data folder, loopback ports). Each weft
 sample applies a new Function with scale min 0 (no process), then times a
@@ -52,7 +67,13 @@ possible, to the answer of the same kind of request sent straight to it.
 Rounds interleave weft and by hand; the table shows medians over rounds of
 each round's percentiles.
 
-Issue 5's goal 7 is checked: p50 ≤ 1.2 × by hand + 3 ms, p90 ≤ 1.5 × by hand.`,
+Scale-up (--steps per round): a Function with scale {min: 1, target: 2} has one
+warm instance that holds each request 50 ms; then 16 callers (8 × the target)
+invoke it at once, in closed loops, and the time from the step to the first
+answer from a second instance is taken.
+
+Issue 5's goal 7 is checked: p50 ≤ 1.2 × by hand + 3 ms, p90 ≤ 1.5 × by hand;
+a step's second instance answering within 200 ms + 1.5 × by hand (p50, p90).`,
 		Example: `  weft bench scale --samples 20 --rounds 3`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -78,9 +99,10 @@ Issue 5's goal 7 is checked: p50 ≤ 1.2 × by hand + 3 ms, p90 ≤ 1.5 × by ha
 	}
 	f := cmd.Flags()
 	f.IntVar(&c.Samples, "samples", c.Samples, "cold starts per side per round")
+	f.IntVar(&c.Steps, "steps", c.Steps, "scale-up steps per round (0 = none)")
 	f.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds; each measures weft then by hand")
 	f.StringVar(&c.Weft, "weft", "", "weft binary to run `weft serve` and the worker from (default: this one)")
-	f.StringVar(&c.Worker, "worker", "", "worker binary: any program serving HTTP on 127.0.0.1:$PORT (default: the weft binary's hidden `bench worker`)")
+	f.StringVar(&c.Worker, "worker", "", "worker binary: any program serving HTTP on 127.0.0.1:$PORT, holding and replying as `bench worker` does with $BENCH_HOLD for --steps (default: the weft binary's hidden `bench worker`)")
 	return cmd
 }
 
@@ -95,7 +117,10 @@ type scaleReport struct {
 	Weft benchSide `json:"weft"`
 	// ByHand is exec → port open → the same request answered.
 	ByHand benchSide `json:"by_hand"`
-	Ratio  struct {
+	// Step is a load step to 8 × the target concurrency on one warm
+	// instance → the first answer from a second instance.
+	Step  *benchSide `json:"step,omitempty"`
+	Ratio struct {
 		P50 float64 `json:"p50"`
 		P90 float64 `json:"p90"`
 	} `json:"ratio"`
@@ -174,6 +199,34 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 			lat = append(lat, d)
 		}
 		rep.ByHand.Rounds = append(rep.ByHand.Rounds, latencyStats(st, lat, time.Since(start)))
+
+		if cfg.Steps == 0 {
+			continue
+		}
+		if rep.Step == nil {
+			rep.Step = &benchSide{Target: fmt.Sprintf("%d callers at once on one warm instance (target %d, %s per request) → an answer from a second",
+				stepFactor*stepTarget, stepTarget, stepHold)}
+		}
+		st, lat, start = loadStats{}, nil, time.Now()
+		for i := range cfg.Steps {
+			if progress != nil {
+				fmt.Fprintf(progress, "\r\033[Kbench scale: round %d/%d, step %d/%d", r, cfg.Rounds, i+1, cfg.Steps)
+			}
+			st.Requests++
+			d, err := scaleStepSample(ctx, g, node, argv, fmt.Sprintf("bench-step-%d-%d", r, i))
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				st.Errors++
+				if st.FirstError == "" {
+					st.FirstError = err.Error()
+				}
+				continue
+			}
+			lat = append(lat, d)
+		}
+		rep.Step.Rounds = append(rep.Step.Rounds, latencyStats(st, lat, time.Since(start)))
 	}
 	if progress != nil {
 		fmt.Fprint(progress, "\r\033[K")
@@ -188,7 +241,108 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 		newGoalCheck("p50 ≤ 1.2 × by hand + 3 ms", rep.Weft.P50ms, 1.2*rep.ByHand.P50ms+3, "ms", false, measured),
 		newGoalCheck("p90 ≤ 1.5 × by hand", rep.Weft.P90ms, 1.5*rep.ByHand.P90ms, "ms", false, measured),
 	}
+	if s := rep.Step; s != nil {
+		s.summarize()
+		measured := s.Accepted > 0 && rep.ByHand.Accepted > 0
+		rep.Goals = append(rep.Goals,
+			newGoalCheck("step: p50 ≤ 200 ms + 1.5 × by hand", s.P50ms, 200+1.5*rep.ByHand.P50ms, "ms", false, measured),
+			newGoalCheck("step: p90 ≤ 200 ms + 1.5 × by hand", s.P90ms, 200+1.5*rep.ByHand.P90ms, "ms", false, measured))
+	}
 	return rep, nil
+}
+
+// scaleStepSample applies Function name with one warm instance, steps the
+// load to stepFactor × stepTarget concurrent invokes and times the step →
+// the first answer from another instance; then deletes the function and
+// waits until no process is left under the node (untimed).
+func scaleStepSample(ctx context.Context, g *globals, node *benchProc, argv []string, name string) (time.Duration, error) {
+	manifest := fmt.Sprintf("apiVersion: weft.dev/v1\nkind: Function\nmetadata: {name: %s}\nspec:\n  command: %s\n"+
+		"  env: [{name: %s, value: %q}]\n  scale: {min: 1, max: 4, target: %d}\n",
+		name, yamlList(argv), benchWorkerHoldEnv, stepHold.String(), stepTarget)
+	if err := g.client().do(ctx, http.MethodPost, "/api/v1/apply?file=bench-step.yaml", "application/yaml", strings.NewReader(manifest), nil); err != nil {
+		return 0, fmt.Errorf("apply %s: %w", name, err)
+	}
+	defer func() {
+		_ = g.client().do(context.WithoutCancel(ctx), http.MethodDelete, "/api/v1/resources/functions/"+name, "", nil, nil)
+		_ = node.waitUntil(context.WithoutCancel(ctx), 30*time.Second, "rid of "+name+"'s processes", func() bool { return len(descendants(node.pid())) == 0 })
+	}()
+	callers := stepFactor * stepTarget
+	c := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: callers}}
+	defer c.CloseIdleConnections()
+	url := strings.TrimRight(g.server, "/") + "/api/v1/invoke/" + name
+	first, err := invokeSource(ctx, c, url) // waits for the instance min 1 starts
+	if err != nil {
+		return 0, err
+	}
+	if n := len(descendants(node.pid())); n != 1 {
+		return 0, fmt.Errorf("%s: %d processes under the node before the step, want 1", name, n)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	second := make(chan time.Duration, 1)
+	failed := make(chan error, callers)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for range callers {
+		wg.Go(func() {
+			for sctx.Err() == nil {
+				src, err := invokeSource(sctx, c, url)
+				switch {
+				case sctx.Err() != nil:
+					return
+				case err != nil:
+					failed <- err
+					cancel()
+					return
+				case src != first:
+					select {
+					case second <- time.Since(t0):
+					default:
+					}
+					cancel()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case d := <-second:
+		return d, nil
+	case err := <-failed:
+		return 0, err
+	default:
+		return 0, fmt.Errorf("%s: no answer from a second instance within 30s of the step", name)
+	}
+}
+
+// invokeSource invokes url once and returns the source of the bench
+// worker's reply event (its process).
+func invokeSource(ctx context.Context, c *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(`{"n":1}`))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("invoke: %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	var reply struct {
+		Source string `json:"source"`
+	}
+	if err := json.Unmarshal(body, &reply); err != nil || !strings.HasPrefix(reply.Source, benchWorkerSource) {
+		return "", fmt.Errorf("invoke: reply %q is not the bench worker's", body)
+	}
+	return reply.Source, nil
 }
 
 // scaleWeftSample applies Function name at scale 0, times one invoke until
@@ -319,7 +473,10 @@ func (r *scaleReport) writeTable(w io.Writer) error {
 	for _, s := range []struct {
 		name string
 		b    *benchSide
-	}{{"weft", &r.Weft}, {"by hand", &r.ByHand}} {
+	}{{"weft", &r.Weft}, {"by hand", &r.ByHand}, {"step", r.Step}} {
+		if s.b == nil {
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t\n", s.name, lat(s.b.P50ms), lat(s.b.P90ms), lat(s.b.MaxMs), s.b.Accepted, s.b.Errors)
 	}
 	fmt.Fprintf(tw, "weft ÷ by hand\t%.2f\t%.2f\t\t\t\t\n", r.Ratio.P50, r.Ratio.P90)
@@ -328,6 +485,12 @@ func (r *scaleReport) writeTable(w io.Writer) error {
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
+	}
+	if r.Step != nil {
+		fmt.Fprintf(w, "  step     %s\n", r.Step.Target)
+		if r.Step.FirstError != "" {
+			fmt.Fprintf(w, "step's first failure: %s\n", r.Step.FirstError)
+		}
 	}
 	writeGoals(w, "goal 7 (issue 5):", r.Goals)
 	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,

@@ -3,7 +3,8 @@
 // that answers every request 200 with no body (no reply event). With
 // $BENCH_REPORT_ADDR it sends one UDP datagram per request to that address,
 // "<ce-id> <unix ns of arrival>", before answering, as `weft bench worker`
-// does. It has no dependency beyond the standard library, so it starts as
+// does; with $BENCH_HOLD (a duration) it holds each request that long and
+// replies with an event whose source is /bench/worker/<pid>, as it does too. It has no dependency beyond the standard library, so it starts as
 // fast as a Go program can.
 package main
 
@@ -15,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,6 +33,15 @@ func main() {
 		}
 		report = c
 	}
+	var hold time.Duration
+	if v := os.Getenv("BENCH_HOLD"); v != "" {
+		var err error
+		if hold, err = time.ParseDuration(v); err != nil {
+			log.Fatalf("benchworker: $BENCH_HOLD: %v", err)
+		}
+	}
+	source := "/bench/worker/" + strconv.Itoa(os.Getpid())
+	var replies atomic.Int64
 	var mu sync.Mutex // one datagram at a time on the shared socket
 	srv := &http.Server{Addr: net.JoinHostPort("127.0.0.1", port), ReadHeaderTimeout: 10 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -44,6 +55,18 @@ func main() {
 				mu.Unlock()
 			}
 			_, _ = io.Copy(io.Discard, r.Body)
+			if hold > 0 {
+				select {
+				case <-time.After(hold):
+				case <-r.Context().Done():
+					return
+				}
+				h := w.Header()
+				h.Set("Ce-Specversion", "1.0")
+				h.Set("Ce-Id", strconv.FormatInt(replies.Add(1), 10))
+				h.Set("Ce-Source", source)
+				h.Set("Ce-Type", "dev.weft.bench.reply")
+			}
 			w.WriteHeader(http.StatusOK)
 		})}
 	log.Fatal(srv.ListenAndServe())
