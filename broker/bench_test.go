@@ -112,7 +112,7 @@ func BenchmarkStoreConcurrent(b *testing.B) {
 			}
 		})
 		b.Run(fmt.Sprintf("c=%d/jetstream", c), func(b *testing.B) {
-			js := refJetStream(b, true)
+			js := refJetStream(b, true, jetstream.LimitsPolicy)
 			var next atomic.Int64
 			body := []byte(data)
 			b.ReportAllocs()
@@ -177,9 +177,9 @@ func runWorkers(b *testing.B, c int, f func() error) {
 
 // refJetStream starts the reference: an embedded nats-server, with SyncAlways
 // or not, and a stream configured like WEFT_EVENTS (without atomic publish,
-// which the pipelined publisher does not use), reached in-process; it stops
-// when the benchmark ends.
-func refJetStream(b *testing.B, syncAlways bool) jetstream.JetStream {
+// which the pipelined publisher does not use) but with the given retention,
+// reached in-process; it stops when the benchmark ends.
+func refJetStream(b *testing.B, syncAlways bool, retention jetstream.RetentionPolicy) jetstream.JetStream {
 	ns, err := server.NewServer(&server.Options{
 		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: syncAlways,
 		DontListen: true, NoSigs: true, NoLog: true, MaxPayload: 1 << 20,
@@ -202,7 +202,7 @@ func refJetStream(b *testing.B, syncAlways bool) jetstream.JetStream {
 	}
 	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{
 		Name: eventsStream, Subjects: []string{eventsSubject},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+		Retention: retention, Storage: jetstream.FileStorage,
 		Duplicates: 2 * time.Minute, MaxMsgSize: 1 << 20,
 	})
 	if err != nil {

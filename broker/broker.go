@@ -142,6 +142,7 @@ type Broker struct {
 
 	storage     atomic.Pointer[StorageUsage] // last sample of watchStorage
 	storedSince atomic.Int64                 // bytes the ingress stored since that sample
+	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
 	// storageTripped: StorageError found the estimate above the high-water
 	// mark between samples.
 	storageTripped atomic.Bool
@@ -163,8 +164,9 @@ type conn struct {
 	ns   *server.Server
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	dlq  jetstream.Stream
-	dels jetstream.Stream
+	dlq    jetstream.Stream
+	dels   jetstream.Stream
+	events jetstream.Stream
 }
 
 // New validates cfg and returns a Broker that delivers through d. It starts
@@ -250,6 +252,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		sub.stop()
 		return nil
 	}
+	b.wg.Go(func() { b.compactLoop(ctx, c) })
 	stopDispatch, err := b.startDispatcher(ctx, c)
 	if err != nil {
 		sub.stop()
@@ -341,13 +344,13 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 		{
 			Name: eventsStream, Subjects: []string{eventsSubject},
 			Description: "CloudEvents accepted by the ingress, until the dispatcher fanned them out",
-			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage, // acknowledged ones are purged (compact.go)
 			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20, AllowAtomicPublish: true,
 		},
 		{
 			Name: deliveriesStream, Subjects: []string{deliverPrefix + ">"},
 			Description: "one message per (event, matching trigger), until delivered or dead-lettered",
-			Retention:   jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage, // acknowledged ones are purged (compact.go)
 			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20, AllowAtomicPublish: true, // fan-out shares fsyncs (fanout.go)
 		},
 		{
@@ -358,6 +361,9 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 		},
 	}
 	for _, sc := range cfgs {
+		if err := b.migrateRetention(ctx, c, &sc); err != nil {
+			return err
+		}
 		s, err := c.js.CreateOrUpdateStream(ctx, sc)
 		if err != nil {
 			return fmt.Errorf("broker: stream %s: %w", sc.Name, err)
@@ -367,23 +373,53 @@ func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 			c.dlq = s
 		case deliveriesStream:
 			c.dels = s
+		case eventsStream:
+			c.events = s
 		}
 	}
 	return nil
 }
 
+// migrateRetention deals with a stream an older weft made as a work queue,
+// whose retention JetStream cannot change in place: empty, it is deleted and
+// made anew; holding messages, it keeps its retention (sc is changed to
+// match), works as before and is switched at a later start that finds it
+// empty.
+func (b *Broker) migrateRetention(ctx context.Context, c *conn, sc *jetstream.StreamConfig) error {
+	s, err := c.js.Stream(ctx, sc.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("broker: stream %s: %w", sc.Name, err)
+	}
+	info := s.CachedInfo()
+	if info.Config.Retention == sc.Retention {
+		return nil
+	}
+	if info.State.Msgs > 0 {
+		b.log.Warn("stream keeps the retention an older weft gave it until a start finds it empty",
+			"stream", sc.Name, "retention", info.Config.Retention.String(), "messages", info.State.Msgs)
+		sc.Retention = info.Config.Retention
+		return nil
+	}
+	if err := c.js.DeleteStream(ctx, sc.Name); err != nil {
+		return fmt.Errorf("broker: recreate empty stream %s with %s retention: %w", sc.Name, sc.Retention, err)
+	}
+	b.log.Info("stream recreated with a new retention", "stream", sc.Name, "retention", sc.Retention.String())
+	return nil
+}
+
 // resetConsumers deletes the consumers a previous run left on the two work
-// queues. Whatever they had handed out and not settled when that run ended
+// streams. Whatever they had handed out and not settled when that run ended
 // (a crash, or messages in flight to it at shutdown) would otherwise wait for
-// AckWait (30 s) before anyone saw it again; the consumers created afresh
-// start from the first unacknowledged message, and on a work queue that is
-// exactly what is left to do.
+// AckWait (30 s) before anyone saw it again. Each consumer's acknowledged
+// prefix is purged first, so the consumers created afresh start from its
+// first unacknowledged message: what is left to do, plus what was
+// acknowledged out of order above it (delivered again).
 func (b *Broker) resetConsumers(ctx context.Context, c *conn) error {
-	for _, stream := range []string{eventsStream, deliveriesStream} {
-		s, err := c.js.Stream(ctx, stream)
-		if err != nil {
-			return fmt.Errorf("broker: stream %s: %w", stream, err)
-		}
+	for _, s := range []jetstream.Stream{c.events, c.dels} {
+		stream := s.CachedInfo().Config.Name
 		names := s.ConsumerNames(ctx)
 		var stale []string
 		for name := range names.Name() {
@@ -393,7 +429,7 @@ func (b *Broker) resetConsumers(ctx context.Context, c *conn) error {
 			return fmt.Errorf("broker: consumers of %s: %w", stream, err)
 		}
 		for _, name := range stale {
-			if err := s.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			if err := deleteConsumer(ctx, s, name); err != nil {
 				return fmt.Errorf("broker: reset consumer %s of %s: %w", name, stream, err)
 			}
 		}

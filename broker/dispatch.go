@@ -96,7 +96,7 @@ func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, run
 		// Only validated events are stored; an unreadable one cannot get
 		// better by redelivery.
 		b.log.Error("dropping unreadable stored event", "err", err)
-		_ = msg.Term()
+		_ = b.term(msg)
 		return
 	}
 	meta, err := msg.Metadata()
@@ -160,7 +160,7 @@ func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, 
 	// be done differently without it (an ack that is lost redelivers the
 	// event, whose deliveries the message ids then keep from doubling), and
 	// the wait cost about a tenth of the throughput with interval fsync.
-	if err := msg.Ack(); err != nil {
+	if err := b.ack(msg); err != nil {
 		b.log.Debug("ack of dispatched event", "event_id", ev.ID(), "err", err)
 	}
 }

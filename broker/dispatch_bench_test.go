@@ -37,6 +37,12 @@ var dispatchRounds = envInt("WEFT_BENCH_ROUNDS", 3)
 // test command can bench several packages.
 var dispatchRelaxed = os.Getenv("WEFT_BENCH_RELAXED") == "1"
 
+// dispatchWorkQueueRef makes the JetStream reference's stream a work queue
+// (WEFT_BENCH_JS_WORKQUEUE=1), as WEFT_EVENTS was before compact.go: each ack
+// then removes its message and, with SyncAlways, fsyncs a tombstone. By
+// default its retention is WEFT_EVENTS' (limits), where acks cost no fsync.
+var dispatchWorkQueueRef = os.Getenv("WEFT_BENCH_JS_WORKQUEUE") == "1"
+
 // dispatchAtomic sets AllowAtomicPublish on WEFT_DELIVERIES before the
 // dispatcher starts (WEFT_BENCH_ATOMIC_DELIVERIES=1), as ensureStreams
 // would with the change proposed for broker.go, so the fan-out commits its
@@ -452,18 +458,25 @@ func benchTriggerIndex(b *testing.B, n int, base string) *triggers.Index {
 }
 
 // jsConsumeFixture is the JetStream reference: an embedded nats-server with
-// the same fsync setting as weft and a stream configured like WEFT_EVENTS.
+// the same fsync setting as weft and a stream configured like WEFT_EVENTS
+// (see dispatchWorkQueueRef).
 type jsConsumeFixture struct {
-	js jetstream.JetStream
+	js        jetstream.JetStream
+	workQueue bool
 }
 
 func newJSConsumeFixture(b *testing.B) *jsConsumeFixture {
-	return &jsConsumeFixture{js: refJetStream(b, !dispatchRelaxed)}
+	retention := jetstream.LimitsPolicy
+	if dispatchWorkQueueRef {
+		retention = jetstream.WorkQueuePolicy
+	}
+	return &jsConsumeFixture{js: refJetStream(b, !dispatchRelaxed, retention), workQueue: dispatchWorkQueueRef}
 }
 
 // round publishes payloads (untimed), then times a durable pull consumer
-// (nats.go Consume, an ack per message) draining them until the stream is
-// empty; events/s.
+// (nats.go Consume, an ack per message) draining them until the server has
+// processed every ack (on a work queue: until the stream is empty); events/s.
+// The stream is purged after (untimed).
 func (f *jsConsumeFixture) round(b *testing.B, payloads [][]byte) float64 {
 	ctx := context.Background()
 	futures := make([]jetstream.PubAckFuture, 0, len(payloads))
@@ -503,11 +516,24 @@ func (f *jsConsumeFixture) round(b *testing.B, payloads [][]byte) float64 {
 		b.Fatal(err)
 	}
 	<-done
-	waitUntil(b, time.Minute, func() bool { return streamEmpty(f.js, eventsStream) }, "reference stream not empty")
+	waitUntil(b, time.Minute, func() bool {
+		if f.workQueue {
+			return streamEmpty(f.js, eventsStream)
+		}
+		ci, err := cons.Info(ctx)
+		return err == nil && ci.NumAckPending == 0 && ci.NumPending == 0
+	}, "reference consumer has not settled")
 	elapsed := time.Since(start)
 	cc.Stop()
 	<-cc.Closed()
 	if err := f.js.DeleteConsumer(ctx, eventsStream, "reference"); err != nil {
+		b.Fatal(err)
+	}
+	st, err := f.js.Stream(ctx, eventsStream)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Purge(ctx); err != nil {
 		b.Fatal(err)
 	}
 	return float64(len(payloads)) / elapsed.Seconds()

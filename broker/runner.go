@@ -294,7 +294,7 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
 	defer cancel()
-	if err := c.js.DeleteConsumer(dctx, deliveriesStream, consumerName(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	if err := deleteConsumer(dctx, c.dels, consumerName(name)); err != nil {
 		b.log.Debug("delete idle trigger consumer", "trigger", name, "err", err)
 	}
 	return true
@@ -313,13 +313,13 @@ var errStopping = errors.New("broker: stopping")
 func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name string, msg jetstream.Msg) {
 	tr, ok := b.index.Load().Get(name)
 	if !ok {
-		_ = msg.Ack() // the trigger was deleted while this waited
+		_ = b.ack(msg) // the trigger was deleted while this waited
 		return
 	}
 	var ev event.Event
 	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		b.log.Error("dropping unreadable delivery", "trigger", name, "err", err)
-		_ = msg.Term()
+		_ = b.term(msg)
 		return
 	}
 	ttl := ttlOf(ev)
@@ -369,7 +369,7 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 		if replay != nil {
 			b.settleReplay(ctx, c, replay, true)
 		}
-		_ = msg.Ack()
+		_ = b.ack(msg)
 		return
 	}
 
@@ -382,7 +382,7 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 	if replay != nil {
 		b.settleReplay(ctx, c, replay, false)
 	}
-	_ = msg.Ack()
+	_ = b.ack(msg)
 }
 
 // handleReply lets a subscriber's reply re-enter the broker with one hop less,

@@ -1,0 +1,130 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Acknowledgements cost no fsync. On a work-queue stream every ack removes
+// its message, and JetStream writes a tombstone for each removal, fsynced
+// before the next write when it syncs always: each event paid two fsyncs of
+// its own (the event's ack and its delivery's ack) besides the shared one
+// that stored it, and the disk's serial fsync rate capped dispatch. So
+// WEFT_EVENTS and WEFT_DELIVERIES keep their messages (limits retention) and
+// the compactor purges, every compactInterval, what each consumer has
+// acknowledged below its ack floor: one purge, one flush, for many acks.
+//
+// A consumer's ack state is written by JetStream at most every 100 ms and
+// not fsynced, so a crash can forget the acks of the last moments: those
+// deliveries are made again (at-least-once, as before; Kafka commits offsets
+// the same way). A clean stop loses none. Before a consumer is deleted (an
+// idle trigger going to sleep, a restart resetting consumers) its
+// acknowledged prefix is purged, so a new consumer, which starts at the
+// first message of its subject, never sees what was acknowledged.
+const compactInterval = 50 * time.Millisecond
+
+// ack and term settle a message of a work stream and tell the compactor.
+func (b *Broker) ack(msg jetstream.Msg) error {
+	b.settled.Add(1)
+	return msg.Ack()
+}
+
+func (b *Broker) term(msg jetstream.Msg) error {
+	b.settled.Add(1)
+	return msg.Term()
+}
+
+// compactLoop purges acknowledged messages of the work streams until ctx
+// ends. A pass runs only when messages were settled since the last one, and
+// once more after that (the server may not have applied the last acks yet),
+// so an idle node asks nothing of JetStream.
+func (b *Broker) compactLoop(ctx context.Context, c *conn) {
+	t := time.NewTicker(compactInterval)
+	defer t.Stop()
+	purged := map[string]uint64{} // stream/consumer → ack floor already purged to
+	var lastSettled uint64
+	again := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		settled := b.settled.Load()
+		if settled == lastSettled && !again {
+			continue
+		}
+		again, lastSettled = settled != lastSettled, settled
+		seen := map[string]bool{}
+		for _, s := range []jetstream.Stream{c.events, c.dels} {
+			stream := s.CachedInfo().Config.Name
+			l := s.ListConsumers(ctx)
+			for ci := range l.Info() {
+				key := stream + "/" + ci.Name
+				seen[key] = true
+				if ci.AckFloor.Stream <= purged[key] {
+					continue
+				}
+				if err := purgeAcked(ctx, s, ci); err != nil {
+					b.log.Debug("purge acknowledged messages", "stream", stream, "consumer", ci.Name, "err", err)
+					continue
+				}
+				purged[key] = ci.AckFloor.Stream
+			}
+			if err := l.Err(); err != nil && ctx.Err() == nil {
+				b.log.Debug("list consumers to compact", "stream", stream, "err", err)
+			}
+		}
+		for key := range purged {
+			if !seen[key] {
+				delete(purged, key)
+			}
+		}
+	}
+}
+
+// purgeAcked removes the messages of ci's filter subject (the whole stream
+// when it has none) up to and including its ack floor: every one of them is
+// acknowledged.
+func purgeAcked(ctx context.Context, s jetstream.Stream, ci *jetstream.ConsumerInfo) error {
+	floor := ci.AckFloor.Stream
+	if floor == 0 {
+		return nil
+	}
+	opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSequence(floor + 1)}
+	if f := ci.Config.FilterSubject; f != "" {
+		opts = append(opts, jetstream.WithPurgeSubject(f))
+	}
+	if err := s.Purge(ctx, opts...); err != nil {
+		return fmt.Errorf("purge %s up to %d: %w", ci.Name, floor, err)
+	}
+	return nil
+}
+
+// deleteConsumer purges what consumer name of s acknowledged, then deletes
+// it. When the purge fails the consumer stays (a new one would deliver the
+// acknowledged messages again); the compactor purges later.
+func deleteConsumer(ctx context.Context, s jetstream.Stream, name string) error {
+	cons, err := s.Consumer(ctx, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", name, err)
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", name, err)
+	}
+	if err := purgeAcked(ctx, s, ci); err != nil {
+		return err
+	}
+	if err := s.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer %s: %w", name, err)
+	}
+	return nil
+}
