@@ -342,8 +342,8 @@ func (n *weftNode) settled(t *testing.T) {
 	}
 	testutil.WaitFor(t, 30*time.Second, func() bool {
 		for _, stream := range []string{"WEFT_EVENTS", "WEFT_DELIVERIES"} {
-			// Both are work queues: a message stays until it is acknowledged,
-			// whether or not its trigger has a consumer at the moment.
+			// A message stays until it is acknowledged and the compactor
+			// purged it, whether or not its trigger has a consumer now.
 			st, err := js.Stream(context.Background(), stream)
 			if err != nil {
 				return false
