@@ -192,28 +192,42 @@ func (f *batchFanout) commitLoop() {
 
 // commit stores batch atomically; when the server refuses the batch (a
 // delivery already stored, from a redelivered event, refuses it whole) its
-// deliveries are published one by one, so each gets its own answer.
+// deliveries are published one by one, so each gets its own answer. A lone
+// delivery, and any batch under interval fsync, is published plainly: there
+// is no fsync to share, and the server stages every atomic batch in a file
+// store of its own that it creates, flushes and deletes (milliseconds, which
+// a lone event's end-to-end latency paid in full).
 func (f *batchFanout) commit(batch []queuedDelivery) {
+	if len(batch) == 1 || f.b.cfg.RelaxedSync {
+		f.publishEach(batch)
+		return
+	}
 	sent, err := f.publishAtomic(batch)
 	var apiErr *jetstream.APIError
 	if err != nil && (errors.As(err, &apiErr) || !sent) {
 		if apiErr == nil || apiErr.ErrorCode != errBatchDuplicate {
 			f.b.log.Warn("atomic fan-out batch not committed, publishing its deliveries one by one", "deliveries", len(batch), "err", err)
 		}
-		ds := make([]delivery, len(batch))
-		for i, q := range batch {
-			ds[i] = q.delivery
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), f.b.cfg.PublishTimeout)
-		defer cancel()
-		async := &asyncFanout{c: f.c}
-		for i, d := range ds {
-			batch[i].call.resolve(async.publish([]delivery{d}).wait(ctx))
-		}
+		f.publishEach(batch)
 		return
 	}
 	for _, q := range batch {
 		q.call.resolve(err) // nil, or an unknown outcome: the event is redelivered
+	}
+}
+
+// publishEach publishes batch delivery by delivery, pipelined, and resolves
+// each with its own answer.
+func (f *batchFanout) publishEach(batch []queuedDelivery) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.b.cfg.PublishTimeout)
+	defer cancel()
+	async := &asyncFanout{c: f.c}
+	waits := make([]fanoutWait, len(batch))
+	for i, q := range batch {
+		waits[i] = async.publish([]delivery{q.delivery})
+	}
+	for i, q := range batch {
+		q.call.resolve(waits[i].wait(ctx))
 	}
 }
 
