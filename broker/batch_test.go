@@ -39,14 +39,14 @@ func streamMsgs(t *testing.T, b *Broker) uint64 {
 	return info.State.Msgs
 }
 
-// TestConcurrentStoreGroupCommit: 8 goroutines store 200 events each, one by
-// one and in small slices; every event is stored exactly once, most of them
-// in shared atomic batches, and all are then dispatched.
+// TestConcurrentStoreGroupCommit: 2 × atomicMin goroutines store 50 events
+// each, one by one and in small slices; every event is stored exactly once,
+// many of them in shared atomic batches, and all are then dispatched.
 func TestConcurrentStoreGroupCommit(t *testing.T) {
 	rec := newRecorder()
 	b, _ := startStoringBroker(t, rec)
 	setTriggers(t, b, triggerYAML("all", "", "{uri: http://all.invalid/}", ""))
-	const workers, per = 8, 200
+	const workers, per = 2 * atomicMin, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -125,45 +125,53 @@ func callErr(t *testing.T, c *storeCall) error {
 // TestBatchDuplicates commits batches directly: a (source, id) twice in one
 // batch is sent once and acknowledged twice; a batch holding an event already
 // stored is refused whole by the server (10201) and then published one by
-// one, so the duplicate is acknowledged and the rest stored once.
+// one, so the duplicate is acknowledged and the rest stored once. Each batch
+// is padded to atomicMin distinct events, so it is sent as an atomic batch.
 func TestBatchDuplicates(t *testing.T) {
 	b, _ := startStoringBroker(t, newRecorder())
 	bt := b.batcher()
+	padded := func(prefix string, evs ...event.Event) []event.Event {
+		for i := 0; len(evs) < atomicMin+1; i++ {
+			evs = append(evs, testEvent("/d", fmt.Sprintf("%s-%d", prefix, i)))
+		}
+		return evs
+	}
 
-	items, call := storeItems(t, b, []event.Event{testEvent("/d", "a"), testEvent("/d", "b"), testEvent("/d", "a")})
+	items, call := storeItems(t, b, padded("p", testEvent("/d", "a"), testEvent("/d", "b"), testEvent("/d", "a")))
 	b.commit(bt, items)
 	if err := callErr(t, call); err != nil {
 		t.Fatal(err)
 	}
-	if got := streamMsgs(t, b); got != 2 {
-		t.Fatalf("stream holds %d events, want 2", got)
+	if got := streamMsgs(t, b); got != atomicMin {
+		t.Fatalf("stream holds %d events, want %d", got, atomicMin)
 	}
 	if a, f := bt.atomicBatches.Load(), bt.fallbacks.Load(); a != 1 || f != 0 {
 		t.Fatalf("atomic %d fallbacks %d, want 1 and 0", a, f)
 	}
 
 	// Across batches: "a" is already stored.
-	items, call = storeItems(t, b, []event.Event{testEvent("/d", "c"), testEvent("/d", "a"), testEvent("/d", "d")})
+	items, call = storeItems(t, b, padded("q", testEvent("/d", "c"), testEvent("/d", "a"), testEvent("/d", "d")))
 	b.commit(bt, items)
 	if err := callErr(t, call); err != nil {
 		t.Fatal(err)
 	}
-	if got := streamMsgs(t, b); got != 4 {
-		t.Fatalf("stream holds %d events, want 4", got)
+	if got := streamMsgs(t, b); got != 2*atomicMin {
+		t.Fatalf("stream holds %d events, want %d", got, 2*atomicMin)
 	}
 	if f := bt.fallbacks.Load(); f != 1 {
 		t.Fatalf("fallbacks %d, want 1 (the server refuses a batch holding a stored Nats-Msg-Id)", f)
 	}
-	if s, d := testutil.ToFloat64(b.metrics.Stored), testutil.ToFloat64(b.metrics.Duplicates); s != 4 || d != 2 {
-		t.Fatalf("stored %v duplicates %v, want 4 and 2", s, d)
+	if s, d := testutil.ToFloat64(b.metrics.Stored), testutil.ToFloat64(b.metrics.Duplicates); s != 2*atomicMin || d != 2 {
+		t.Fatalf("stored %v duplicates %v, want %d and 2", s, d, 2*atomicMin)
 	}
 
-	// Through Store: duplicates within one call and of stored events.
+	// Through Store (below atomicMin: published one by one): duplicates
+	// within one call and of stored events.
 	if err := b.Store(context.Background(), []event.Event{testEvent("/d", "e"), testEvent("/d", "e"), testEvent("/d", "b")}); err != nil {
 		t.Fatal(err)
 	}
-	if got := streamMsgs(t, b); got != 5 {
-		t.Fatalf("stream holds %d events, want 5", got)
+	if got := streamMsgs(t, b); got != 2*atomicMin+1 {
+		t.Fatalf("stream holds %d events, want %d", got, 2*atomicMin+1)
 	}
 }
 

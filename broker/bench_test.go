@@ -75,7 +75,7 @@ func BenchmarkStore(b *testing.B) {
 //	go test -run '^$' -bench 'BenchmarkStoreConcurrent' -benchtime 3s -count 3 ./broker/
 func BenchmarkStoreConcurrent(b *testing.B) {
 	data := strings.Repeat("x", 1024)
-	for _, c := range []int{1, 16, 64} {
+	for _, c := range []int{1, 4, 16, 64} {
 		b.Run(fmt.Sprintf("c=%d/weft", c), func(b *testing.B) {
 			br, err := New(Config{DataDir: b.TempDir(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
 			if err != nil {

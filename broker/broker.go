@@ -142,6 +142,7 @@ type Broker struct {
 
 	storage     atomic.Pointer[StorageUsage] // last sample of watchStorage
 	storedSince atomic.Int64                 // bytes the ingress stored since that sample
+	storing     atomic.Int64                 // Store calls in flight
 	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
 	// storageTripped: StorageError found the estimate above the high-water
 	// mark between samples.

@@ -90,10 +90,17 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	}
 	// From here the in-flight slots are released as the events resolve
 	// (storeCall.resolve), not when Store returns.
-	if b.cfg.RelaxedSync {
-		// No fsync to share: each call publishes its own events, pipelined,
-		// without waiting for a committer.
-		b.commit(b.batcher(), items)
+	storing := b.storing.Add(1)
+	defer b.storing.Add(-1)
+	if b.cfg.RelaxedSync || storing < atomicMin {
+		// No fsync to share, or too few calls at once for an atomic batch
+		// to pay (atomicMin): each call publishes its own events,
+		// pipelined, without waiting for a committer; batchMax at a time.
+		for rest := items; len(rest) > 0; {
+			n := min(len(rest), batchMax)
+			b.commit(b.batcher(), rest[:n])
+			rest = rest[n:]
+		}
 	} else {
 		b.batcher().enqueue(b, items)
 	}
