@@ -162,9 +162,9 @@ type Broker struct {
 // conn is the in-process connection and the JetStream handles of a running
 // broker.
 type conn struct {
-	ns   *server.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
+	ns     *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
 	dlq    jetstream.Stream
 	dels   jetstream.Stream
 	events jetstream.Stream

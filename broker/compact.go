@@ -15,17 +15,23 @@ import (
 // its own (the event's ack and its delivery's ack) besides the shared one
 // that stored it, and the disk's serial fsync rate capped dispatch. So
 // WEFT_EVENTS and WEFT_DELIVERIES keep their messages (limits retention) and
-// the compactor purges, every compactInterval, what each consumer has
-// acknowledged below its ack floor: one purge, one flush, for many acks.
+// the compactor purges what each consumer has acknowledged below its ack
+// floor, in bulk: one purge, one flush, for up to compactBatch acks, and no
+// acknowledged message waits longer than about compactDelay.
 //
 // A consumer's ack state is written by JetStream at most every 100 ms and
 // not fsynced, so a crash can forget the acks of the last moments: those
-// deliveries are made again (at-least-once, as before; Kafka commits offsets
-// the same way). A clean stop loses none. Before a consumer is deleted (an
-// idle trigger going to sleep, a restart resetting consumers) its
-// acknowledged prefix is purged, so a new consumer, which starts at the
-// first message of its subject, never sees what was acknowledged.
-const compactInterval = 50 * time.Millisecond
+// deliveries, at most compactBatch per consumer, are made again
+// (at-least-once, as before; Kafka commits offsets the same way). A clean
+// stop loses none. Before a consumer is deleted (an idle trigger going to
+// sleep, a restart resetting consumers) its acknowledged prefix is purged,
+// so a new consumer, which starts at the first message of its subject,
+// never sees what was acknowledged.
+const (
+	compactTick  = 50 * time.Millisecond  // how often the floors are read while acks come in
+	compactBatch = 256                    // acks that make a consumer's prefix worth a purge at once
+	compactDelay = 250 * time.Millisecond // the longest a smaller prefix waits
+)
 
 // ack and term settle a message of a work stream and tell the compactor.
 func (b *Broker) ack(msg jetstream.Msg) error {
@@ -38,16 +44,22 @@ func (b *Broker) term(msg jetstream.Msg) error {
 	return msg.Term()
 }
 
+// compactState is what the compactor knows of one consumer.
+type compactState struct {
+	streamSeq, consumerSeq uint64    // the ack floor purged to
+	at                     time.Time // when it last purged (or first saw the consumer)
+}
+
 // compactLoop purges acknowledged messages of the work streams until ctx
-// ends. A pass runs only when messages were settled since the last one, and
-// once more after that (the server may not have applied the last acks yet),
-// so an idle node asks nothing of JetStream.
+// ends. A pass runs only when messages were settled since the last one or a
+// consumer still has acknowledged messages to purge, so an idle node asks
+// nothing of JetStream.
 func (b *Broker) compactLoop(ctx context.Context, c *conn) {
-	t := time.NewTicker(compactInterval)
+	t := time.NewTicker(compactTick)
 	defer t.Stop()
-	purged := map[string]uint64{} // stream/consumer → ack floor already purged to
+	states := map[string]*compactState{} // by stream/consumer
 	var lastSettled uint64
-	again := false
+	left := false // a consumer had acknowledged messages not purged yet
 	for {
 		select {
 		case <-ctx.Done():
@@ -55,10 +67,11 @@ func (b *Broker) compactLoop(ctx context.Context, c *conn) {
 		case <-t.C:
 		}
 		settled := b.settled.Load()
-		if settled == lastSettled && !again {
+		if settled == lastSettled && !left {
 			continue
 		}
-		again, lastSettled = settled != lastSettled, settled
+		lastSettled, left = settled, false
+		now := time.Now()
 		seen := map[string]bool{}
 		for _, s := range []jetstream.Stream{c.events, c.dels} {
 			stream := s.CachedInfo().Config.Name
@@ -66,22 +79,33 @@ func (b *Broker) compactLoop(ctx context.Context, c *conn) {
 			for ci := range l.Info() {
 				key := stream + "/" + ci.Name
 				seen[key] = true
-				if ci.AckFloor.Stream <= purged[key] {
+				st := states[key]
+				if st == nil {
+					st = &compactState{at: now}
+					states[key] = st
+				}
+				if ci.AckFloor.Stream <= st.streamSeq {
+					continue
+				}
+				if ci.AckFloor.Consumer-st.consumerSeq < compactBatch && now.Sub(st.at) < compactDelay {
+					left = true
 					continue
 				}
 				if err := purgeAcked(ctx, s, ci); err != nil {
 					b.log.Debug("purge acknowledged messages", "stream", stream, "consumer", ci.Name, "err", err)
+					left = true
 					continue
 				}
-				purged[key] = ci.AckFloor.Stream
+				*st = compactState{streamSeq: ci.AckFloor.Stream, consumerSeq: ci.AckFloor.Consumer, at: now}
 			}
 			if err := l.Err(); err != nil && ctx.Err() == nil {
 				b.log.Debug("list consumers to compact", "stream", stream, "err", err)
+				left = true
 			}
 		}
-		for key := range purged {
+		for key := range states {
 			if !seen[key] {
-				delete(purged, key)
+				delete(states, key)
 			}
 		}
 	}
