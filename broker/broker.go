@@ -141,7 +141,7 @@ type Broker struct {
 	batch        *batcher      // group commit of concurrent publishes
 
 	storage     atomic.Pointer[StorageUsage] // last sample of watchStorage
-	storedSince atomic.Int64                 // bytes the ingress stored since that sample
+	storedSince atomic.Int64                 // bytes the ingress and the fan-out stored since that sample
 	storing     atomic.Int64                 // Store calls in flight
 	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
 	// storageTripped: StorageError found the estimate above the high-water

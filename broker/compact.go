@@ -17,7 +17,8 @@ import (
 // WEFT_EVENTS and WEFT_DELIVERIES keep their messages (limits retention) and
 // the compactor purges what each consumer has acknowledged below its ack
 // floor, in bulk: one purge, one flush, for up to compactBatch acks, and no
-// acknowledged message waits longer than about compactDelay.
+// acknowledged message waits longer than about compactDelay (none at all
+// while storage is past half its limit).
 //
 // A consumer's ack state is written by JetStream at most every 100 ms and
 // not fsynced, so a crash can forget the acks of the last moments: those
@@ -72,6 +73,7 @@ func (b *Broker) compactLoop(ctx context.Context, c *conn) {
 		}
 		lastSettled, left = settled, false
 		now := time.Now()
+		tight := b.storageTight()
 		seen := map[string]bool{}
 		for _, s := range []jetstream.Stream{c.events, c.dels} {
 			stream := s.CachedInfo().Config.Name
@@ -87,7 +89,7 @@ func (b *Broker) compactLoop(ctx context.Context, c *conn) {
 				if ci.AckFloor.Stream <= st.streamSeq {
 					continue
 				}
-				if ci.AckFloor.Consumer-st.consumerSeq < compactBatch && now.Sub(st.at) < compactDelay {
+				if !tight && ci.AckFloor.Consumer-st.consumerSeq < compactBatch && now.Sub(st.at) < compactDelay {
 					left = true
 					continue
 				}

@@ -117,6 +117,9 @@ func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, run
 	// Runners are woken before their deliveries are stored, so a sleeping
 	// one creates its consumer meanwhile.
 	readies := b.wakeRunners(idx, matched, runners)
+	// Counted before they are confirmed (an overcount, never a miss): the
+	// storage guard estimates use between samples from what was stored.
+	b.storedSince.Add(int64(len(msg.Data()) * len(ds)))
 	stored := fo.publish(ds)
 	if !fo.batches() {
 		b.settle(ctx, msg, ev, len(ds), stored, readies)

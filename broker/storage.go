@@ -48,6 +48,16 @@ func (b *Broker) StorageError() error {
 	return nil
 }
 
+// storageTight reports whether JetStream's estimated use is past half its
+// limit: then the compactor purges acknowledged messages at once rather
+// than in batches, so that what is done does not take the room of what
+// is not.
+func (b *Broker) storageTight() bool {
+	u := b.Storage()
+	used := u.Used + uint64(max(b.storedSince.Load(), 0))
+	return u.Limit > 0 && used*2 >= u.Limit
+}
+
 // watchStorage samples disk use until ctx ends.
 func (b *Broker) watchStorage(ctx context.Context, c *conn) {
 	t := time.NewTicker(storagePoll)
