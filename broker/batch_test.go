@@ -28,15 +28,7 @@ func testEvent(source, id string) event.Event {
 // streamMsgs is how many events WEFT_EVENTS holds (before dispatching).
 func streamMsgs(t *testing.T, b *Broker) uint64 {
 	t.Helper()
-	s, err := b.conn.Load().js.Stream(context.Background(), eventsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return streamMsgCount(t, b.conn.Load().js, eventsStream)
 }
 
 // TestConcurrentStoreGroupCommit: 2 × atomicMin goroutines store 50 events

@@ -16,7 +16,6 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/weft-dev/weft/internal/resource"
@@ -368,69 +367,4 @@ func TestEventsWaitForTheWholeConfiguration(t *testing.T) {
 	setTriggers(t, b, triggerYAML("all", "", "{uri: http://all.invalid/}", ""))
 	b.StartDispatching()
 	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count("http://all.invalid/") == 50 }, "events stored before dispatching started were lost")
-}
-
-// TestRestartRedeliversAtOnce: a delivery a previous run had handed out and
-// never settled (as after kill -9) is delivered right after the restart, not
-// when its AckWait (an hour here) runs out.
-func TestRestartRedeliversAtOnce(t *testing.T) {
-	dir := t.TempDir()
-	cfg := Config{DataDir: dir, NATSAddr: "127.0.0.1:0", DrainTimeout: time.Second, AckWait: time.Hour}
-	rec := newRecorder()
-
-	// First run: a delivery stored and handed to the trigger's consumer,
-	// never acknowledged; dispatching never starts, so no runner settles it.
-	b1, err := New(cfg, rec, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx1, stop1 := context.WithCancel(context.Background())
-	done1 := make(chan error, 1)
-	go func() { done1 <- b1.Run(ctx1) }()
-	<-b1.Ready()
-	c := b1.conn.Load()
-	ev := event.New()
-	ev.SetID("in-flight")
-	ev.SetSource("/restart")
-	ev.SetType("dev.weft.test")
-	data, _ := json.Marshal(ev)
-	msg := nats.NewMsg(deliverPrefix + "t")
-	msg.Data = data
-	msg.Header.Set(hdrTrigger, "t")
-	if _, err := c.js.PublishMsg(context.Background(), msg); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := c.js.CreateOrUpdateConsumer(context.Background(), deliveriesStream, jetstream.ConsumerConfig{
-		Durable: consumerName("t"), FilterSubject: deliverPrefix + "t", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		if m == nil {
-			t.Fatal("no delivery fetched")
-		}
-	}
-	stop1()
-	if err := <-done1; err != nil {
-		t.Fatal(err)
-	}
-
-	b2, err := New(cfg, rec, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx2, stop2 := context.WithCancel(context.Background())
-	done2 := make(chan error, 1)
-	go func() { done2 <- b2.Run(ctx2) }()
-	t.Cleanup(func() { stop2(); <-done2 })
-	<-b2.Ready()
-	setTriggers(t, b2, triggerYAML("t", "", "{uri: http://restart.invalid/}", ""))
-	b2.StartDispatching()
-	wtest.WaitFor(t, 15*time.Second, func() bool { return rec.count("http://restart.invalid/") == 1 },
-		"the unsettled delivery waited for its AckWait")
 }

@@ -155,19 +155,20 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 	c := e2eClient()
 	defer c.CloseIdleConnections()
 	g := &globals{server: base, output: "json", stdout: io.Discard, stderr: io.Discard}
-	for r := 1; r <= cfg.Rounds; r++ {
+	// samples runs n samples of one side and summarizes them as a round.
+	samples := func(r, n int, side string, sample func(i int) (time.Duration, error)) (loadStats, error) {
 		var st loadStats
 		var lat []time.Duration
 		start := time.Now()
-		for i := range cfg.Samples {
+		for i := range n {
 			if progress != nil {
-				fmt.Fprintf(progress, "\r\033[Kbench scale: round %d/%d, weft %d/%d", r, cfg.Rounds, i+1, cfg.Samples)
+				fmt.Fprintf(progress, "\r\033[Kbench scale: round %d/%d, %s %d/%d", r, cfg.Rounds, side, i+1, n)
 			}
 			st.Requests++
-			d, err := scaleWeftSample(ctx, g, c, node, argv, fmt.Sprintf("bench-cold-%d-%d", r, i))
+			d, err := sample(i)
 			if err != nil {
 				if ctx.Err() != nil {
-					return nil, ctx.Err()
+					return st, ctx.Err()
 				}
 				st.Errors++
 				if st.FirstError == "" {
@@ -177,29 +178,20 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 			}
 			lat = append(lat, d)
 		}
-		rep.Weft.Rounds = append(rep.Weft.Rounds, latencyStats(st, lat, time.Since(start)))
-
-		st, lat, start = loadStats{}, nil, time.Now()
-		for i := range cfg.Samples {
-			if progress != nil {
-				fmt.Fprintf(progress, "\r\033[Kbench scale: round %d/%d, by hand %d/%d", r, cfg.Rounds, i+1, cfg.Samples)
-			}
-			st.Requests++
-			d, err := scaleByHandSample(ctx, argv)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				st.Errors++
-				if st.FirstError == "" {
-					st.FirstError = err.Error()
-				}
-				continue
-			}
-			lat = append(lat, d)
+		return latencyStats(st, lat, time.Since(start)), nil
+	}
+	for r := 1; r <= cfg.Rounds; r++ {
+		st, err := samples(r, cfg.Samples, "weft", func(i int) (time.Duration, error) {
+			return scaleWeftSample(ctx, g, c, node, argv, fmt.Sprintf("bench-cold-%d-%d", r, i))
+		})
+		if err != nil {
+			return nil, err
 		}
-		rep.ByHand.Rounds = append(rep.ByHand.Rounds, latencyStats(st, lat, time.Since(start)))
-
+		rep.Weft.Rounds = append(rep.Weft.Rounds, st)
+		if st, err = samples(r, cfg.Samples, "by hand", func(int) (time.Duration, error) { return scaleByHandSample(ctx, argv) }); err != nil {
+			return nil, err
+		}
+		rep.ByHand.Rounds = append(rep.ByHand.Rounds, st)
 		if cfg.Steps == 0 {
 			continue
 		}
@@ -207,26 +199,12 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 			rep.Step = &benchSide{Target: fmt.Sprintf("%d callers at once on one warm instance (target %d, %s per request) → an answer from a second",
 				stepFactor*stepTarget, stepTarget, stepHold)}
 		}
-		st, lat, start = loadStats{}, nil, time.Now()
-		for i := range cfg.Steps {
-			if progress != nil {
-				fmt.Fprintf(progress, "\r\033[Kbench scale: round %d/%d, step %d/%d", r, cfg.Rounds, i+1, cfg.Steps)
-			}
-			st.Requests++
-			d, err := scaleStepSample(ctx, g, node, argv, fmt.Sprintf("bench-step-%d-%d", r, i))
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				st.Errors++
-				if st.FirstError == "" {
-					st.FirstError = err.Error()
-				}
-				continue
-			}
-			lat = append(lat, d)
+		if st, err = samples(r, cfg.Steps, "step", func(i int) (time.Duration, error) {
+			return scaleStepSample(ctx, g, node, argv, fmt.Sprintf("bench-step-%d-%d", r, i))
+		}); err != nil {
+			return nil, err
 		}
-		rep.Step.Rounds = append(rep.Step.Rounds, latencyStats(st, lat, time.Since(start)))
+		rep.Step.Rounds = append(rep.Step.Rounds, st)
 	}
 	if progress != nil {
 		fmt.Fprint(progress, "\r\033[K")
