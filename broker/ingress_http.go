@@ -439,7 +439,9 @@ func decodeStructured(raw []byte, index int) (event.Event, error) {
 		return event.Event{}, err
 	}
 	ev := event.New()
-	if err := format.JSON.Unmarshal(raw, &ev); err != nil {
+	// Not format.JSON.Unmarshal: it goes through json.Unmarshal, whose
+	// validity pass repeats what checkJSONEvent just did.
+	if err := ev.UnmarshalJSON(raw); err != nil {
 		return event.Event{}, &EventError{Index: index, Rule: "cannot decode event: " + err.Error()}
 	}
 	if err := validateEvent(&ev, index); err != nil {

@@ -376,6 +376,15 @@ func checkJSONEvent(raw []byte, index int) error {
 		if _, dup := present[name]; dup {
 			return fail(name, "appears more than once")
 		}
+		if name == attrData {
+			// Any JSON value: checked for syntax, not built.
+			var data json.RawMessage
+			if err := dec.Decode(&data); err != nil {
+				return malformed(err)
+			}
+			present[name] = string(data) != "null"
+			continue
+		}
 		var v any
 		if err := dec.Decode(&v); err != nil {
 			return malformed(err)
