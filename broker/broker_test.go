@@ -61,6 +61,7 @@ func startBrokerWith(t *testing.T, d Deliverer, edit func(*Config)) (*Broker, *h
 	select {
 	case <-b.Ready():
 	case err := <-done:
+		done <- err // for the cleanup, which waits for Run's end
 		t.Fatalf("broker exited before ready: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("broker not ready after 30s")

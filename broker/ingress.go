@@ -53,6 +53,12 @@ func (b *Broker) startNATSIngress(ctx context.Context, c *conn) (*ingressSub, er
 	if err != nil {
 		return nil, fmt.Errorf("broker: subscribe %s: %w", ingressSubjects, err)
 	}
+	// The subscription goes to the server asynchronously; until it is there
+	// a request finds no responder. The broker is ready only once it is.
+	if err := c.nc.FlushTimeout(b.cfg.PublishTimeout); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("broker: subscribe %s: %w", ingressSubjects, err)
+	}
 	s.sub = sub
 	return s, nil
 }
