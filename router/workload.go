@@ -32,7 +32,7 @@ type Workloads struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
-	sources map[string]*SVIDSource
+	sources map[string]*workload
 	runCtx  context.Context // set by Run; nil before
 	wg      sync.WaitGroup
 }
@@ -50,7 +50,13 @@ func NewWorkloads(ca *CA, dir, proxyAddr string, log *slog.Logger) (*Workloads, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("identity files: %w", err)
 	}
-	return &Workloads{ca: ca, dir: dir, proxyAddr: proxyAddr, key: key, log: log, sources: map[string]*SVIDSource{}}, nil
+	return &Workloads{ca: ca, dir: dir, proxyAddr: proxyAddr, key: key, log: log, sources: map[string]*workload{}}, nil
+}
+
+// workload is one function's identity and the end of its renewal loop.
+type workload struct {
+	src    *SVIDSource
+	cancel context.CancelFunc // nil until Run starts the loop
 }
 
 func (w *Workloads) token(function string) string {
@@ -103,25 +109,44 @@ func (w *Workloads) source(function string) (string, error) {
 	if err := src.WriteFiles(dir); err != nil {
 		return "", fmt.Errorf("identity files of %s: %w", function, err)
 	}
-	w.sources[function] = src
+	wl := &workload{src: src}
+	w.sources[function] = wl
 	if w.runCtx != nil {
-		w.start(src)
+		w.start(wl)
 	}
 	return dir, nil
 }
 
-// start runs src's renewal loop under Run's context; w.mu must be held.
-func (w *Workloads) start(src *SVIDSource) {
-	ctx := w.runCtx
-	w.wg.Go(func() { _ = src.Run(ctx) })
+// start runs wl's renewal loop under Run's context until Forget or Run's
+// end; w.mu must be held.
+func (w *Workloads) start(wl *workload) {
+	ctx, cancel := context.WithCancel(w.runCtx)
+	wl.cancel = cancel
+	w.wg.Go(func() { _ = wl.src.Run(ctx) })
+}
+
+// Forget ends a deleted function's identity: its SVID is no longer renewed
+// and its proxy credentials no longer name a caller. Its files stay for
+// processes still draining; applying the function again issues a new SVID.
+func (w *Workloads) Forget(function string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wl, ok := w.sources[function]
+	if !ok {
+		return
+	}
+	if wl.cancel != nil {
+		wl.cancel()
+	}
+	delete(w.sources, function)
 }
 
 // Run keeps every function's SVID renewed until ctx ends.
 func (w *Workloads) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.runCtx = ctx
-	for _, src := range w.sources {
-		w.start(src)
+	for _, wl := range w.sources {
+		w.start(wl)
 	}
 	w.mu.Unlock()
 	<-ctx.Done()
@@ -140,8 +165,11 @@ func (w *Workloads) Caller(r *http.Request) (*SVIDSource, bool) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	src, ok := w.sources[name]
-	return src, ok
+	wl, ok := w.sources[name]
+	if !ok {
+		return nil, false
+	}
+	return wl.src, true
 }
 
 func chownTree(dir string, uid, gid int) error {

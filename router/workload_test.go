@@ -158,3 +158,49 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestWorkloadForget: a removed function's proxy credentials no longer name
+// a caller and its SVID is no longer renewed; applied again, it gets a new
+// SVID. Forgetting an unknown function does nothing.
+func TestWorkloadForget(t *testing.T) {
+	wl, err := NewWorkloads(testCA(t), t.TempDir(), "127.0.0.1:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- wl.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	caller := func(env map[string]string) (*SVIDSource, bool) {
+		u, err := url.Parse(env["HTTP_PROXY"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, _ := u.User.Password()
+		r := httptest.NewRequest(http.MethodGet, "http://svc/", nil)
+		r.SetBasicAuth(u.User.Username(), pass)
+		r.Header.Set("Proxy-Authorization", r.Header.Get("Authorization"))
+		return wl.Caller(r)
+	}
+	env, err := wl.Env("gone", -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, ok := caller(env)
+	if !ok {
+		t.Fatal("the function's credentials name no caller")
+	}
+	wl.Forget("gone")
+	wl.Forget("never-applied")
+	if _, ok := caller(env); ok {
+		t.Fatal("a forgotten function still names a caller")
+	}
+	if _, err := wl.Env("gone", -1, -1); err != nil {
+		t.Fatal(err)
+	}
+	again, ok := caller(env)
+	if !ok || again == first {
+		t.Fatalf("applied again: caller %v (%v), want a new identity", again, ok)
+	}
+}

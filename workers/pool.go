@@ -61,9 +61,11 @@ type Config struct {
 }
 
 // Identities hands out a function's identity; see Config.Identities. uid and
-// gid are the account its processes run as, -1 when weft's own.
+// gid are the account its processes run as, -1 when weft's own. Forget is
+// told when a function is removed.
 type Identities interface {
 	Env(function string, uid, gid int) (map[string]string, error)
+	Forget(function string)
 }
 
 // Backlog reports a function's waiting events; see Config.Backlog.
@@ -382,6 +384,9 @@ func (p *Pool) Remove(name string) {
 	fs := p.fns[name]
 	if fs == nil {
 		return
+	}
+	if p.cfg.Identities != nil {
+		p.cfg.Identities.Forget(name)
 	}
 	delete(p.fns, name)
 	for _, in := range fs.instances {
