@@ -45,6 +45,13 @@ const (
 	atomicMin = 16
 )
 
+// atomicPays reports whether n messages are worth an atomic batch: only
+// with an fsync to share (not under --relaxed-sync) and at least atomicMin
+// of them. Ingress events and fan-out deliveries follow the same rule.
+func (b *Broker) atomicPays(n int) bool {
+	return !b.cfg.RelaxedSync && n >= atomicMin
+}
+
 // Protocol of atomic batch publish (nats-server 2.12+).
 const (
 	hdrBatchID     = "Nats-Batch-Id"
@@ -196,7 +203,7 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 		for _, i := range uniq {
 			results[i] = storeResult{err: fmt.Errorf("%w: broker not running", ErrUnavailable)}
 		}
-	case len(uniq) < atomicMin || b.cfg.RelaxedSync:
+	case !b.atomicPays(len(uniq)):
 		// Without SyncAlways there is no fsync to share, and pipelined
 		// publishes beat the server's staging of an atomic batch; so do
 		// they below atomicMin events.

@@ -192,13 +192,14 @@ func (f *batchFanout) commitLoop() {
 
 // commit stores batch atomically; when the server refuses the batch (a
 // delivery already stored, from a redelivered event, refuses it whole) its
-// deliveries are published one by one, so each gets its own answer. A lone
-// delivery, and any batch under interval fsync, is published plainly: there
-// is no fsync to share, and the server stages every atomic batch in a file
-// store of its own that it creates, flushes and deletes (milliseconds, which
-// a lone event's end-to-end latency paid in full).
+// deliveries are published one by one, so each gets its own answer. A batch
+// an atomic commit does not pay for (atomicPays: under interval fsync, or
+// fewer than atomicMin deliveries) is published plainly, pipelined: the
+// server stages every atomic batch in a file store of its own that it
+// creates, flushes and deletes (milliseconds, which a lone event's
+// end-to-end latency paid in full).
 func (f *batchFanout) commit(batch []queuedDelivery) {
-	if len(batch) == 1 || f.b.cfg.RelaxedSync {
+	if !f.b.atomicPays(len(batch)) {
 		f.publishEach(batch)
 		return
 	}

@@ -92,7 +92,7 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	// (storeCall.resolve), not when Store returns.
 	storing := b.storing.Add(1)
 	defer b.storing.Add(-1)
-	if b.cfg.RelaxedSync || storing < atomicMin {
+	if !b.atomicPays(int(storing)) {
 		// No fsync to share, or too few calls at once for an atomic batch
 		// to pay (atomicMin): each call publishes its own events,
 		// pipelined, without waiting for a committer; batchMax at a time.
