@@ -108,31 +108,23 @@ it cannot be reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.Server = g.server
-			if err := c.validate(); err != nil {
-				return withCode(exitUsage, err)
-			}
-			if err := checkBenchOutput(g); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			// Reachability first, through the client every verb uses, so an
-			// unreachable node exits 6 at once. Any answer will do: the
-			// ingress is what is measured, not /healthz.
-			if err := requireNode(ctx, g); err != nil {
-				return err
-			}
-			progress := benchProgress(g)
-			rep, err := benchIngest(ctx, c, progress)
-			if err != nil {
-				return err
-			}
-			if err := printReport(g, rep); err != nil {
-				return err
-			}
-			if rep.Weft.Accepted == 0 {
-				return withCode(exitError, fmt.Errorf("weft answered no request with 202 (%s)", rep.Weft.failures()))
-			}
-			return nil
+			return runBench(g, c.validate,
+				func(progress io.Writer) (*ingestReport, error) {
+					// Reachability first, through the client every verb uses,
+					// so an unreachable node exits 6 at once. Any answer will
+					// do: the ingress is what is measured, not /healthz.
+					if err := requireNode(ctx, g); err != nil {
+						return nil, err
+					}
+					return benchIngest(ctx, c, progress)
+				},
+				func(rep *ingestReport) string {
+					if rep.Weft.Accepted > 0 {
+						return ""
+					}
+					return fmt.Sprintf("weft answered no request with 202 (%s)", rep.Weft.failures())
+				})
 		},
 	}
 	f := cmd.Flags()
@@ -822,6 +814,30 @@ func benchProgress(g *globals) io.Writer {
 
 // benchReport is a bench's result, printable as a table for people.
 type benchReport interface{ writeTable(io.Writer) error }
+
+// runBench is a bench subcommand's work once its flags are read: refuse
+// bad flags (exit 2) and output formats, run it (with a progress line on a
+// terminal), print its report, and exit 1 when weft's side measured
+// nothing: nothing returns why, or "" when something was measured.
+func runBench[R benchReport](g *globals, validate func() error, run func(progress io.Writer) (R, error), nothing func(R) string) error {
+	if err := validate(); err != nil {
+		return withCode(exitUsage, err)
+	}
+	if err := checkBenchOutput(g); err != nil {
+		return err
+	}
+	rep, err := run(benchProgress(g))
+	if err != nil {
+		return err
+	}
+	if err := printReport(g, rep); err != nil {
+		return err
+	}
+	if why := nothing(rep); why != "" {
+		return withCode(exitError, errors.New(why))
+	}
+	return nil
+}
 
 // printReport prints rep as a table, or as JSON or YAML with -o.
 func printReport(g *globals, rep benchReport) error {

@@ -90,24 +90,14 @@ Issue 5's goal 4 is checked: p50 ≤ 1.5 × the sum of the hops' p50s, p99 ≤
   weft bench e2e -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.validate(); err != nil {
-				return withCode(exitUsage, err)
-			}
-			if err := checkBenchOutput(g); err != nil {
-				return err
-			}
-			progress := benchProgress(g)
-			rep, err := benchE2E(cmd.Context(), c, progress)
-			if err != nil {
-				return err
-			}
-			if err := printReport(g, rep); err != nil {
-				return err
-			}
-			if rep.Weft.Accepted == 0 {
-				return withCode(exitError, fmt.Errorf("no event reached the worker (%s)", rep.Weft.failures()))
-			}
-			return nil
+			return runBench(g, c.validate,
+				func(progress io.Writer) (*e2eReport, error) { return benchE2E(cmd.Context(), c, progress) },
+				func(rep *e2eReport) string {
+					if rep.Weft.Accepted > 0 {
+						return ""
+					}
+					return fmt.Sprintf("no event reached the worker (%s)", rep.Weft.failures())
+				})
 		},
 	}
 	f := cmd.Flags()

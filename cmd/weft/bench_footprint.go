@@ -64,17 +64,9 @@ inside weft's module.`,
 		Example: `  weft bench footprint --nats-server ./nats-server --rounds 3`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.validate(); err != nil {
-				return withCode(exitUsage, err)
-			}
-			if err := checkBenchOutput(g); err != nil {
-				return err
-			}
-			rep, err := benchFootprint(cmd.Context(), c)
-			if err != nil {
-				return err
-			}
-			return printReport(g, rep)
+			return runBench(g, c.validate,
+				func(io.Writer) (*footprintReport, error) { return benchFootprint(cmd.Context(), c) },
+				func(*footprintReport) string { return "" })
 		},
 	}
 	f := cmd.Flags()

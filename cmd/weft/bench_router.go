@@ -87,24 +87,14 @@ process and are not counted. Issue 5's goal 6 is checked against nginx.`,
   weft bench router --concurrency 1 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.validate(); err != nil {
-				return withCode(exitUsage, err)
-			}
-			if err := checkBenchOutput(g); err != nil {
-				return err
-			}
-			progress := benchProgress(g)
-			rep, err := benchRouter(cmd.Context(), c, progress)
-			if err != nil {
-				return err
-			}
-			if err := printReport(g, rep); err != nil {
-				return err
-			}
-			if rep.Weft.Accepted == 0 {
-				return withCode(exitError, fmt.Errorf("weft's router answered no request with 200 (%s)", benchSide{loadStats: rep.Weft.loadStats}.failures()))
-			}
-			return nil
+			return runBench(g, c.validate,
+				func(progress io.Writer) (*routerReport, error) { return benchRouter(cmd.Context(), c, progress) },
+				func(rep *routerReport) string {
+					if rep.Weft.Accepted > 0 {
+						return ""
+					}
+					return fmt.Sprintf("weft's router answered no request with 200 (%s)", benchSide{loadStats: rep.Weft.loadStats}.failures())
+				})
 		},
 	}
 	f := cmd.Flags()

@@ -77,24 +77,14 @@ a step's second instance answering within 200 ms + 1.5 × by hand (p50, p90).`,
 		Example: `  weft bench scale --samples 20 --rounds 3`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.validate(); err != nil {
-				return withCode(exitUsage, err)
-			}
-			if err := checkBenchOutput(g); err != nil {
-				return err
-			}
-			progress := benchProgress(g)
-			rep, err := benchScale(cmd.Context(), c, progress)
-			if err != nil {
-				return err
-			}
-			if err := printReport(g, rep); err != nil {
-				return err
-			}
-			if rep.Weft.Accepted == 0 {
-				return withCode(exitError, fmt.Errorf("no cold call answered (%s)", rep.Weft.failures()))
-			}
-			return nil
+			return runBench(g, c.validate,
+				func(progress io.Writer) (*scaleReport, error) { return benchScale(cmd.Context(), c, progress) },
+				func(rep *scaleReport) string {
+					if rep.Weft.Accepted > 0 {
+						return ""
+					}
+					return fmt.Sprintf("no cold call answered (%s)", rep.Weft.failures())
+				})
 		},
 	}
 	f := cmd.Flags()
