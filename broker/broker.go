@@ -74,6 +74,11 @@ type Config struct {
 	Ingress IngressConfig
 	// Circuit configures the per-subscriber circuit breaker of deliveries.
 	Circuit CircuitConfig
+
+	// storeEveryDelivery turns direct delivery off (direct.go): every
+	// delivery is stored before its first attempt. For tests of the stored
+	// path and for benchmarks comparing the two.
+	storeEveryDelivery bool
 }
 
 func (c Config) withDefaults() Config {

@@ -51,10 +51,16 @@ type Attempt struct {
 // after a failed attempt, no further attempt is made and Retry returns that
 // error. It stops early when ctx ends and returns ctx's error then.
 func Retry(p triggers.Policy, record func(Attempt) error) Middleware {
+	return retryFrom(p, 1, record)
+}
+
+// retryFrom is Retry for a delivery whose first attempts were made elsewhere
+// (by the dispatcher, see direct.go): its first attempt is number first, so
+// the attempt limit and the backoff continue where those left off.
+func retryFrom(p triggers.Policy, first int, record func(Attempt) error) Middleware {
 	return func(next Deliverer) Deliverer {
 		return DelivererFunc(func(ctx context.Context, t string, ev event.Event) (*event.Event, error) {
-			attempts := p.Attempts()
-			for n := 1; ; n++ {
+			for n := first; ; n++ {
 				start := time.Now()
 				reply, err := next.Deliver(ctx, t, ev)
 				if record != nil {
@@ -68,18 +74,9 @@ func Retry(p triggers.Policy, record func(Attempt) error) Middleware {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
-				if n >= attempts || !retryable(err) {
+				wait, again := retryWait(p, n, err)
+				if !again {
 					return nil, err
-				}
-				wait := p.Backoff(n)
-				if se, ok := ceclient.IsStatus(err); ok {
-					wait = p.RetryDelay(n, se.Code, se.RetryAfter)
-				}
-				var open *CircuitOpenError
-				if errors.As(err, &open) {
-					// Like a Retry-After, under the same cap: the next attempt
-					// can be the probe instead of another refusal.
-					wait = max(wait, min(time.Until(open.Until), p.RetryAfterMax))
 				}
 				timer := time.NewTimer(wait)
 				select {
@@ -91,6 +88,27 @@ func Retry(p triggers.Policy, record func(Attempt) error) Middleware {
 			}
 		})
 	}
+}
+
+// retryWait reports whether failed attempt n (counted from 1) is followed by
+// another under p, and how long to wait before it: p's backoff, or a 429/503's
+// Retry-After capped by retryAfterMax, or an open circuit's time to its next
+// probe under the same cap.
+func retryWait(p triggers.Policy, n int, err error) (wait time.Duration, again bool) {
+	if n >= p.Attempts() || !retryable(err) {
+		return 0, false
+	}
+	wait = p.Backoff(n)
+	if se, ok := ceclient.IsStatus(err); ok {
+		wait = p.RetryDelay(n, se.Code, se.RetryAfter)
+	}
+	var open *CircuitOpenError
+	if errors.As(err, &open) {
+		// Like a Retry-After: the next attempt can be the probe instead of
+		// another refusal.
+		wait = max(wait, min(time.Until(open.Until), p.RetryAfterMax))
+	}
+	return wait, true
 }
 
 func attemptOf(start time.Time, err error) Attempt {

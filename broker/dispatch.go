@@ -19,9 +19,11 @@ import (
 )
 
 // startDispatcher consumes stored events, matches each against the trigger
-// index, and stores one delivery per matching trigger. An event is acked only
-// after all its deliveries are stored; a crash in between redelivers it and
-// the per-(event, trigger) message IDs keep the fan-out from doubling.
+// index, and for each matching trigger either makes the first delivery
+// attempt itself, when the trigger has a free slot (direct.go), or stores a
+// delivery for the trigger's runner. An event is acked only after all its
+// deliveries are settled or stored; a crash in between redelivers it and the
+// per-(event, trigger) message IDs keep the stored fan-out from doubling.
 //
 // DispatchWorkers goroutines decode, match and hand the deliveries to the
 // fan-out. When the fan-out commits deliveries in batches, each event then
@@ -53,7 +55,7 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 			for {
 				select {
 				case msg := <-work:
-					b.dispatch(ctx, fo, msg, runners)
+					b.dispatch(ctx, c, fo, msg, runners)
 				case <-done:
 					return
 				}
@@ -90,7 +92,7 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	}, nil
 }
 
-func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, runners map[string]*runner) {
+func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream.Msg, runners map[string]*runner) {
 	var ev event.Event
 	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		// Only validated events are stored; an unreadable one cannot get
@@ -105,27 +107,46 @@ func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, run
 		return
 	}
 	idx := b.index.Load()
+	if len(runners) > 2*idx.Len()+64 {
+		clear(runners) // drop the runners of deleted triggers
+	}
 	matched := idx.MatchBroker(DefaultBroker, ev)
-	ds := make([]delivery, len(matched))
+	var (
+		ds      []delivery // stored for the triggers' runners
+		storeTo []*triggers.Trigger
+		direct  []directDelivery // made here (direct.go)
+	)
 	seq := strconv.FormatUint(meta.Sequence.Stream, 10) + "."
-	for i, tr := range matched {
+	for _, tr := range matched {
 		out := nats.NewMsg(deliverPrefix + tr.Name)
 		out.Data = msg.Data()
 		out.Header.Set(hdrTrigger, tr.Name)
-		ds[i] = delivery{msg: out, id: seq + tr.Name}
+		d := delivery{msg: out, id: seq + tr.Name}
+		if r := b.runnerOf(tr.Name, runners); r != nil && !b.cfg.storeEveryDelivery && r.tryAcquire() {
+			direct = append(direct, directDelivery{r: r, tr: tr, d: d})
+			continue
+		}
+		ds = append(ds, d)
+		storeTo = append(storeTo, tr)
 	}
 	// Runners are woken before their deliveries are stored, so a sleeping
 	// one creates its consumer meanwhile.
-	readies := b.wakeRunners(idx, matched, runners)
+	readies := b.wakeRunners(storeTo, runners)
 	// Counted before they are confirmed (an overcount, never a miss): the
 	// storage guard estimates use between samples from what was stored.
 	b.storedSince.Add(int64(len(msg.Data()) * len(ds)))
 	stored := fo.publish(ds)
-	if !fo.batches() {
-		b.settle(ctx, msg, ev, len(ds), stored, readies)
+	results := make([]<-chan error, len(direct))
+	for i, dd := range direct {
+		result := make(chan error, 1)
+		results[i] = result
+		b.wg.Go(func() { result <- b.deliverDirect(ctx, c, fo, ev, dd) })
+	}
+	if !fo.batches() && len(direct) == 0 {
+		b.settle(ctx, msg, ev, len(matched), stored, readies, nil)
 		return
 	}
-	b.wg.Go(func() { b.settle(ctx, msg, ev, len(ds), stored, readies) })
+	b.wg.Go(func() { b.settle(ctx, msg, ev, len(matched), stored, readies, results) })
 }
 
 // settle acks a dispatched event once its deliveries are stored and a
@@ -134,8 +155,25 @@ func (b *Broker) dispatch(ctx context.Context, fo fanout, msg jetstream.Msg, run
 // waiting in a trigger's consumer. A consumer that cannot be created (the
 // stream's consumer limit) delays the ack by at most PublishTimeout; the
 // deliveries are stored either way. An event whose deliveries were not all
-// stored is redelivered.
-func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, matches int, stored fanoutWait, readies []<-chan struct{}) {
+// stored is redelivered. So is one whose direct deliveries (results) did not
+// all settle; while they run, the event is kept in progress and the wait
+// outlives ctx by DrainTimeout, as the deliveries do.
+func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, matches int, stored fanoutWait, readies []<-chan struct{}, results []<-chan error) {
+	if len(results) > 0 {
+		defer keepInProgress(msg, b.cfg.AckWait/3)()
+		drainCtx, cancel := b.drainContext(ctx)
+		defer cancel()
+		ctx = drainCtx
+		for _, result := range results {
+			if err := <-result; err != nil {
+				if ctx.Err() == nil {
+					b.log.Warn("direct delivery not settled; event will be dispatched again", "event_id", ev.ID(), "err", err)
+					_ = msg.NakWithDelay(retryStorageDelay)
+				}
+				return
+			}
+		}
+	}
 	if err := stored.wait(ctx); err != nil {
 		if ctx.Err() != nil {
 			return // not acked: redelivered after restart
@@ -168,29 +206,35 @@ func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, 
 	}
 }
 
-// wakeRunners wakes the runners of matched and returns the readiness
-// channels not yet closed (see runner.wake). runners caches b.runners for the
-// calling worker, so dispatching takes b.mu only the first time it meets a
-// trigger (SetTriggers holds b.mu while a deleted trigger's deliveries
-// drain).
-func (b *Broker) wakeRunners(idx *triggers.Index, matched []*triggers.Trigger, runners map[string]*runner) []<-chan struct{} {
-	if len(runners) > 2*idx.Len()+64 {
-		clear(runners) // drop the runners of deleted triggers
+// runnerOf returns the runner of trigger name, or nil when it has none yet
+// (Run reconciles after the dispatcher starts; the sweep wakes it later).
+// runners caches b.runners for the calling worker, so dispatching takes b.mu
+// only the first time it meets a trigger (SetTriggers holds b.mu while a
+// deleted trigger's deliveries drain).
+func (b *Broker) runnerOf(name string, runners map[string]*runner) *runner {
+	r := runners[name]
+	if r != nil && !r.isStopped() {
+		return r
 	}
+	b.mu.Lock()
+	r = b.runners[name]
+	b.mu.Unlock()
+	if r == nil {
+		delete(runners, name)
+		return nil
+	}
+	runners[name] = r
+	return r
+}
+
+// wakeRunners wakes the runners of trs and returns the readiness channels
+// not yet closed (see runner.wake).
+func (b *Broker) wakeRunners(trs []*triggers.Trigger, runners map[string]*runner) []<-chan struct{} {
 	var waiting []<-chan struct{}
-	for _, tr := range matched {
-		r := runners[tr.Name]
-		if r == nil || r.isStopped() {
-			b.mu.Lock()
-			r = b.runners[tr.Name]
-			b.mu.Unlock()
-			if r == nil {
-				// Not started yet (Run reconciles after the dispatcher
-				// starts); the sweep wakes it.
-				delete(runners, tr.Name)
-				continue
-			}
-			runners[tr.Name] = r
+	for _, tr := range trs {
+		r := b.runnerOf(tr.Name, runners)
+		if r == nil {
+			continue
 		}
 		ready := r.wake()
 		select {

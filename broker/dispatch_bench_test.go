@@ -43,12 +43,6 @@ var dispatchRelaxed = os.Getenv("WEFT_BENCH_RELAXED") == "1"
 // default its retention is WEFT_EVENTS' (limits), where acks cost no fsync.
 var dispatchWorkQueueRef = os.Getenv("WEFT_BENCH_JS_WORKQUEUE") == "1"
 
-// dispatchAtomic sets AllowAtomicPublish on WEFT_DELIVERIES before the
-// dispatcher starts (WEFT_BENCH_ATOMIC_DELIVERIES=1), as ensureStreams
-// would with the change proposed for broker.go, so the fan-out commits its
-// deliveries in atomic batches (fanout.go).
-var dispatchAtomic = os.Getenv("WEFT_BENCH_ATOMIC_DELIVERIES") == "1"
-
 // sizingCall reports whether this is the testing package's first call with
 // b.N = 1, made only to size b.N, when -benchtime Nx asks for N > 1: that
 // call is skipped, as the next one brings up the brokers again anyway.
@@ -80,6 +74,8 @@ func envInt(name string, def int) int {
 //     POSTing the same event to the same kind of server, as many requests in
 //     flight as a trigger runs deliveries. The additive bound is
 //     1/(1/js + 1/http); ratio_vs_bound is weft ÷ bound (goal ≥ 0.6).
+//     weft-stored is the same broker storing every delivery before its
+//     first attempt (no direct delivery, as before direct.go).
 //   - triggers: the same pipeline with 10,000 triggers of which 10 match
 //     every event, against one trigger (and against 10 triggers that all
 //     match, which separates the cost of the 9,990 others from the fan-out).
@@ -93,8 +89,7 @@ func envInt(name string, def int) int {
 //	go test -run '^$' -bench BenchmarkDispatch -benchtime 3000x ./broker/
 //
 // WEFT_BENCH_ROUNDS sets the rounds (3), WEFT_BENCH_RELAXED=1 runs weft and
-// JetStream with interval fsync, WEFT_BENCH_ATOMIC_DELIVERIES=1 lets the
-// fan-out use atomic batches (see dispatchAtomic).
+// JetStream with interval fsync.
 //
 // Each round stores the backlog with the dispatcher paused (the broker is
 // running, the matching triggers' runners are awake from the previous round
@@ -109,12 +104,14 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 		n := max(b.N, 1000) // the first call of a default -benchtime has b.N 1
 		sub := newBenchSubscriber(b)
-		weft := newDispatchFixture(b, sub, 1)
+		weft := newDispatchFixture(b, sub, 1, false)
+		stored := newDispatchFixture(b, sub, 1, true)
 		js := newJSConsumeFixture(b)
 		rates := map[string][]float64{}
 		for r := range dispatchRounds {
 			b.Logf("round %d", r+1)
 			rates["weft"] = append(rates["weft"], weft.round(b, n))
+			rates["weft-stored"] = append(rates["weft-stored"], stored.round(b, n))
 			rates["js"] = append(rates["js"], js.round(b, weft.payloads(n)))
 			rates["http"] = append(rates["http"], sub.ceiling(b, n, weft.br.cfg.TriggerWorkers))
 		}
@@ -125,6 +122,8 @@ func BenchmarkDispatch(b *testing.B) {
 		b.ReportMetric(h, "http-events/s")
 		b.ReportMetric(bound, "bound-events/s")
 		b.ReportMetric(w/bound, "ratio_vs_bound")
+		b.ReportMetric(median(rates["weft-stored"]), "weft-stored-events/s")
+		b.ReportMetric(w/median(rates["weft-stored"]), "ratio_direct_vs_stored")
 		b.Logf("rates per round: %v", rates)
 	})
 	b.Run("triggers", func(b *testing.B) {
@@ -134,9 +133,9 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 		n := max(b.N, 1000) // the first call of a default -benchtime has b.N 1
 		sub := newBenchSubscriber(b)
-		one := newDispatchFixture(b, sub, 1)
-		ten := newDispatchFixture(b, sub, 10)
-		many := newDispatchFixture(b, sub, 10_000)
+		one := newDispatchFixture(b, sub, 1, false)
+		ten := newDispatchFixture(b, sub, 10, false)
+		many := newDispatchFixture(b, sub, 10_000, false)
 		rates := map[string][]float64{}
 		for r := range dispatchRounds {
 			b.Logf("round %d", r+1)
@@ -257,8 +256,9 @@ type dispatchFixture struct {
 // newDispatchFixture starts a broker (SyncAlways unless -dispatch.relaxed)
 // delivering to sub with n bench triggers, of which min(n, 10) match every
 // bench event, and warms it up.
-func newDispatchFixture(b *testing.B, sub *benchSubscriber, n int) *dispatchFixture {
-	br, err := New(Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, DrainTimeout: time.Second}, sub, nil, slog.New(slog.DiscardHandler))
+func newDispatchFixture(b *testing.B, sub *benchSubscriber, n int, storeEveryDelivery bool) *dispatchFixture {
+	cfg := Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, DrainTimeout: time.Second, storeEveryDelivery: storeEveryDelivery}
+	br, err := New(cfg, sub, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -277,18 +277,6 @@ func newDispatchFixture(b *testing.B, sub *benchSubscriber, n int) *dispatchFixt
 		b.Fatalf("broker exited before ready: %v", err)
 	}
 	br.SetTriggers(benchTriggerIndex(b, n, sub.srv.URL))
-	if dispatchAtomic {
-		c := br.conn.Load()
-		info, err := c.dels.Info(context.Background())
-		if err != nil {
-			b.Fatal(err)
-		}
-		sc := info.Config
-		sc.AllowAtomicPublish = true
-		if _, err := c.js.UpdateStream(context.Background(), sc); err != nil {
-			b.Fatal(err)
-		}
-	}
 	br.StartDispatching()
 	f := &dispatchFixture{br: br, sub: sub, matches: min(n, 10)}
 	waitUntil(b, time.Minute, func() bool {
@@ -344,8 +332,10 @@ func (f *dispatchFixture) round(b *testing.B, n int) float64 {
 	case <-time.After(10 * time.Minute):
 		b.Fatalf("only %d of %d deliveries after 10 minutes", f.sub.n.Load(), n*f.matches)
 	}
-	waitUntil(b, time.Minute, func() bool { return streamEmpty(c.js, eventsStream) && streamEmpty(c.js, deliveriesStream) },
-		"work queues not empty after the deliveries")
+	// Acknowledged, as the JetStream reference's round ends; the
+	// compactor's purge of what was acknowledged comes later (compact.go).
+	waitUntil(b, time.Minute, func() bool { return streamSettled(c.js, eventsStream) && streamSettled(c.js, deliveriesStream) },
+		"deliveries not all acknowledged")
 	elapsed := time.Since(start)
 	b.StopTimer()
 	return float64(n) / elapsed.Seconds()
@@ -373,6 +363,33 @@ func streamEmpty(js jetstream.JetStream, name string) bool {
 	}
 	info, err := s.Info(context.Background())
 	return err == nil && info.State.Msgs == 0
+}
+
+// streamSettled reports whether every message of the stream was
+// acknowledged by its consumers (or it is empty): none pending, none waiting
+// for an ack.
+func streamSettled(js jetstream.JetStream, name string) bool {
+	ctx := context.Background()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return false
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return false
+	}
+	if info.State.Msgs == 0 {
+		return true
+	}
+	consumers := 0
+	list := s.ListConsumers(ctx)
+	for ci := range list.Info() {
+		consumers++
+		if ci.NumPending > 0 || ci.NumAckPending > 0 {
+			return false
+		}
+	}
+	return list.Err() == nil && consumers > 0
 }
 
 // waitUntil polls cond every millisecond: WaitFor's interval would round

@@ -20,7 +20,7 @@ import (
 // every trigger gets it once.
 func TestAtomicFanout(t *testing.T) {
 	rec := newRecorder()
-	b, srv := startStoringBroker(t, rec)
+	b, srv := startBrokerWith(t, rec, func(c *Config) { c.storeEveryDelivery = true })
 	c := b.conn.Load()
 	ctx := context.Background()
 	info, err := c.dels.Info(ctx)

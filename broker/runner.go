@@ -53,6 +53,10 @@ type runner struct {
 	ctx    context.Context // ends on stop
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the activation goroutine, if any
+	// slots bounds the trigger's deliveries in flight (TriggerWorkers),
+	// those of the runner's consumer and those the dispatcher makes
+	// directly alike.
+	slots chan struct{}
 
 	mu        sync.Mutex
 	idleAfter time.Duration // runnerIdleAfter; tests shorten it
@@ -66,8 +70,22 @@ type runner struct {
 // parent ends or stop.
 func (b *Broker) startRunner(parent context.Context, name string) *runner {
 	ctx, cancel := context.WithCancel(parent)
-	return &runner{b: b, name: name, ctx: ctx, cancel: cancel, idleAfter: runnerIdleAfter, ready: make(chan struct{})}
+	return &runner{b: b, name: name, ctx: ctx, cancel: cancel, idleAfter: runnerIdleAfter, ready: make(chan struct{}),
+		slots: make(chan struct{}, b.cfg.TriggerWorkers)}
 }
+
+// tryAcquire takes a delivery slot if one is free.
+func (r *runner) tryAcquire() bool {
+	select {
+	case r.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// release gives back a slot taken by tryAcquire.
+func (r *runner) release() { <-r.slots }
 
 // stop ends the runner: no new delivery starts, and it returns once the
 // in-flight ones finished or DrainTimeout passed. The consumer stays, so
@@ -201,27 +219,15 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 	}
 	r.consumerReady()
 
-	// Deliveries outlive ctx by at most DrainTimeout, so a stop lets
-	// in-flight requests finish instead of cutting them.
-	deliverCtx, cancelDeliver := context.WithCancel(context.WithoutCancel(ctx))
+	deliverCtx, cancelDeliver := b.drainContext(ctx)
 	defer cancelDeliver()
-	stopDrain := context.AfterFunc(ctx, func() {
-		t := time.NewTimer(b.cfg.DrainTimeout)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			cancelDeliver()
-		case <-deliverCtx.Done():
-		}
-	})
-	defer stopDrain()
 
 	// Each message gets a goroutine of its own, at most TriggerWorkers at
-	// once (slots), so a sleeping trigger costs no goroutine. mu guards the
+	// once (r.slots), so a sleeping trigger costs no goroutine. mu guards the
 	// rest; once closing is set no delivery starts, so handlers.Wait cannot
 	// race an Add. A callback that runs after that naks its message, which
 	// goes at once to the next consumer (after a restart, or a wake-up).
-	slots := make(chan struct{}, b.cfg.TriggerWorkers)
+	slots := r.slots
 	var (
 		mu       sync.Mutex
 		closing  bool
@@ -300,6 +306,23 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 	return true
 }
 
+// drainContext returns a context that ends DrainTimeout after ctx does (or
+// when cancel is called), so a stop lets in-flight requests finish instead of
+// cutting them.
+func (b *Broker) drainContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	drainCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(b.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-drainCtx.Done():
+		}
+	})
+	return drainCtx, func() { stop(); cancel() }
+}
+
 // errStopping ends a retry loop when the runner stops: the attempt in flight
 // was allowed to finish, but no new one starts and the message is handed
 // back (nak), to be delivered after restart rather than dead-lettered.
@@ -336,8 +359,20 @@ func (b *Broker) handleDelivery(ctx, stopping context.Context, c *conn, name str
 	// The heartbeat runs until the message is settled: dead-lettering to a
 	// sink retries too and can outlast AckWait.
 	defer keepInProgress(msg, b.cfg.AckWait/3)()
-	var history []Attempt
-	chain := Retry(tr.Delivery, func(a Attempt) error {
+	// A delivery the dispatcher handed over after a failed first attempt
+	// carries that attempt and when the next one is due.
+	history, retryAt := handedOver(msg)
+	if wait := time.Until(retryAt); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-stopping.Done():
+			t.Stop()
+			_ = msg.Nak()
+			return
+		}
+	}
+	chain := retryFrom(tr.Delivery, len(history)+1, func(a Attempt) error {
 		if len(history) > 0 {
 			b.metrics.Retried.WithLabelValues(name).Inc()
 		}

@@ -122,10 +122,17 @@ func TestSleepingTriggerGetsOthersDeliveries(t *testing.T) {
 
 // TestDeliveriesPendingAtStopSurviveRestart: deliveries in flight when the
 // broker stops stay stored, with the trigger's consumer; after a restart
-// the sweep wakes the trigger and they are delivered.
+// the sweep wakes the trigger and they are delivered. Direct deliveries in
+// flight leave their events unacknowledged; after a restart those are
+// dispatched again.
 func TestDeliveriesPendingAtStopSurviveRestart(t *testing.T) {
+	t.Run("stored", func(t *testing.T) { testPendingAtStop(t, true) })
+	t.Run("direct", func(t *testing.T) { testPendingAtStop(t, false) })
+}
+
+func testPendingAtStop(t *testing.T, storeEveryDelivery bool) {
 	dir := t.TempDir()
-	cfg := Config{DataDir: dir, AckWait: time.Second, DrainTimeout: 100 * time.Millisecond}
+	cfg := Config{DataDir: dir, AckWait: time.Second, DrainTimeout: 100 * time.Millisecond, storeEveryDelivery: storeEveryDelivery}
 	manifest := triggerYAML("slow", "  filters: [{exact: {type: com.example.slow}}]", "{uri: http://slow.invalid/}", "")
 
 	run := func(d Deliverer) (*Broker, func()) {

@@ -1,0 +1,130 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-dev/weft/triggers"
+)
+
+// Direct delivery: when a matching trigger has a free delivery slot, the
+// dispatcher makes the first attempt itself instead of storing a delivery for
+// the trigger's runner, and acks the event only once that attempt settled.
+// The event stays in WEFT_EVENTS until then, so a crash in between delivers
+// it again (at least once, as before); what is saved is a second fsynced
+// store and a consumer hop on every event's way to a warm function (the way
+// Knative's broker filter delivers straight from the channel).
+//
+// Only the first attempt is direct. A failed one that the trigger's policy
+// retries is handed over: stored as a delivery that carries the attempt
+// (hdrAttempts) and when the next is due (hdrRetryAt), so the runner goes on
+// with attempt 2 after the same backoff, and a slow or failing subscriber
+// never holds events in the dispatcher for longer than one attempt. One that
+// is not retried is dead-lettered here, as the runner would.
+
+// hdrRetryAt is on a delivery handed over by the dispatcher: RFC 3339 time
+// before which its next attempt is not made.
+const hdrRetryAt = "Weft-Retry-At"
+
+// directDelivery is one trigger's delivery of a dispatched event made by the
+// dispatcher; r's slot is held until it settles.
+type directDelivery struct {
+	r  *runner
+	tr *triggers.Trigger
+	d  delivery // what is stored if the delivery is handed over
+}
+
+// deliverDirect makes the first attempt of dd and settles it: delivered (and
+// its reply stored), dead-lettered, or handed over to the runner. It returns
+// an error only when none of these could be done; the event must then be
+// dispatched again. ctx is the dispatcher's: the attempt outlives it by
+// DrainTimeout, as a runner's would.
+func (b *Broker) deliverDirect(ctx context.Context, c *conn, fo fanout, ev event.Event, dd directDelivery) error {
+	defer dd.r.release()
+	attemptCtx, cancel := b.drainContext(ctx)
+	defer cancel()
+	tr := dd.tr
+	out := ev
+	out.Context = ev.Context.Clone()
+	out.SetExtension(TTLExtension, nil) // the hop counter is the broker's business
+
+	start := time.Now()
+	reply, err := Timeout(tr.Delivery.Timeout)(b.deliverer).Deliver(attemptCtx, tr.Subscriber.Target(), out)
+	history := []Attempt{attemptOf(start, err)}
+	if err == nil {
+		b.metrics.Delivered.WithLabelValues(tr.Name).Inc()
+		b.log.Debug("delivered", "trigger", tr.Name, "event_id", ev.ID(), "attempt", 1, "direct", true)
+		if reply == nil {
+			return nil
+		}
+		rerr := b.handleReply(attemptCtx, c, tr, ttlOf(ev), *reply)
+		if rerr == nil {
+			return nil
+		}
+		// As the runner does when a reply is not stored: the delivery is
+		// repeated, here by the runner.
+		b.log.Warn("reply not stored; delivery will be repeated", "trigger", tr.Name, "event_id", ev.ID(), "err", rerr)
+		return b.handOver(ctx, c, fo, dd, nil, time.Now().Add(time.Second))
+	}
+	if attemptCtx.Err() != nil {
+		return attemptCtx.Err() // stopped past the drain: the event is dispatched again after restart
+	}
+	wait, again := retryWait(tr.Delivery, 1, err)
+	if again {
+		return b.handOver(ctx, c, fo, dd, history, time.Now().Add(wait))
+	}
+	b.log.Debug("delivery failed", "trigger", tr.Name, "event_id", ev.ID(), "attempt", 1, "err", err)
+	if derr := b.deadLetter(attemptCtx, c, tr, ev, history, err, nil); derr != nil {
+		b.log.Warn("dead letter not stored; delivery will be repeated", "trigger", tr.Name, "event_id", ev.ID(), "err", derr)
+		return b.handOver(ctx, c, fo, dd, nil, time.Now().Add(time.Second))
+	}
+	return nil
+}
+
+// handOver stores dd's delivery for the trigger's runner with the attempts
+// made so far and the time its next attempt is due, and waits until the
+// runner has a consumer to hand it out (see settle).
+func (b *Broker) handOver(ctx context.Context, c *conn, fo fanout, dd directDelivery, history []Attempt, retryAt time.Time) error {
+	msg := dd.d.msg
+	if len(history) > 0 {
+		attempts, err := json.Marshal(history)
+		if err != nil {
+			return err
+		}
+		msg.Header.Set(hdrAttempts, string(attempts))
+	}
+	msg.Header.Set(hdrRetryAt, retryAt.UTC().Format(time.RFC3339Nano))
+	// Stored even while stopping (the connection stays open until the
+	// dispatcher's goroutines are done), so the attempt is not repeated.
+	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+	defer cancel()
+	b.storedSince.Add(int64(len(msg.Data)))
+	if err := fo.publish([]delivery{dd.d}).wait(storeCtx); err != nil {
+		return err
+	}
+	ready := dd.r.wake()
+	select {
+	case <-ready:
+	case <-storeCtx.Done():
+		// As in settle: the delivery is stored either way, and the sweep
+		// wakes the runner.
+	}
+	return nil
+}
+
+// handedOver reads the attempts a handed-over delivery carries and when its
+// next attempt is due; zero values for any other delivery.
+func handedOver(msg jetstream.Msg) (history []Attempt, retryAt time.Time) {
+	h := msg.Headers()
+	if a := h.Get(hdrAttempts); a != "" {
+		if err := json.Unmarshal([]byte(a), &history); err != nil {
+			history = nil // unreadable: the attempts start again from one
+		}
+	}
+	retryAt, _ = time.Parse(time.RFC3339Nano, h.Get(hdrRetryAt))
+	return history, retryAt
+}

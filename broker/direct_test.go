@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/weft-dev/weft/internal/ceclient"
+	wtest "github.com/weft-dev/weft/internal/testutil"
+)
+
+// storedDeliveries is how many deliveries were ever stored in WEFT_DELIVERIES.
+func storedDeliveries(t *testing.T, b *Broker) uint64 {
+	t.Helper()
+	info, err := b.conn.Load().dels.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// TestDirectDeliveryStoresNothing: with a free slot, the dispatcher delivers
+// an event itself; no delivery is stored and the event is acknowledged.
+func TestDirectDeliveryStoresNothing(t *testing.T) {
+	rec := newRecorder()
+	b, srv := startBroker(t, rec)
+	setTriggers(t, b, triggerYAML("direct", "", "{uri: http://direct.invalid/}", ""))
+	for i := range 5 {
+		if got := post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("d%d", i)), body: `{}`}); got != http.StatusAccepted {
+			t.Fatalf("status %d", got)
+		}
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count("http://direct.invalid/") == 5 }, "events not delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "delivered events not acknowledged")
+	if n := storedDeliveries(t, b); n != 0 {
+		t.Errorf("%d deliveries stored, want none: each had a free slot", n)
+	}
+	if n := testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("direct")); n != 5 {
+		t.Errorf("delivered counted %v, want 5", n)
+	}
+}
+
+// TestDirectFailureHandedOver: a first attempt that fails with a retried
+// status is handed over to the trigger's runner, stored with the attempt,
+// and the runner's attempt is the second, after the policy's backoff.
+func TestDirectFailureHandedOver(t *testing.T) {
+	rec := newRecorder()
+	const target = "http://flaky.invalid/"
+	var (
+		mu    sync.Mutex
+		times []time.Time
+	)
+	rec.set(target, func(event.Event) (*event.Event, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		times = append(times, time.Now())
+		if len(times) == 1 {
+			return nil, &ceclient.StatusError{Code: http.StatusServiceUnavailable}
+		}
+		return nil, nil
+	})
+	b, srv := startBroker(t, rec)
+	const backoff = 300 * time.Millisecond
+	setTriggers(t, b, triggerYAML("flaky", "", "{uri: "+target+"}", "  delivery: {retry: 3, backoffPolicy: exponential, backoffDelay: PT0.3S}"))
+	post(t, srv, ingressCase{headers: caseBinary("h1"), body: `{}`})
+	wtest.WaitFor(t, 10*time.Second, func() bool { return rec.count(target) == 2 }, "the handed-over delivery was not retried")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "event not acknowledged")
+	if n := storedDeliveries(t, b); n != 1 {
+		t.Errorf("%d deliveries stored, want the one handed over", n)
+	}
+	mu.Lock()
+	gap := times[1].Sub(times[0])
+	mu.Unlock()
+	// Exponential backoff as Knative computes it: backoffDelay × 2^(n−1)
+	// after attempt n.
+	if gap < backoff {
+		t.Errorf("second attempt %v after the first, want at least the backoff %v", gap, backoff)
+	}
+	if n := testutil.ToFloat64(b.metrics.Retried.WithLabelValues("flaky")); n != 1 {
+		t.Errorf("retries counted %v, want 1", n)
+	}
+	if list, _ := b.ListDLQ(context.Background(), DLQFilter{}); len(list) != 0 {
+		t.Errorf("dead letters %+v, want none", list)
+	}
+	if rec.count(target) != 2 {
+		t.Errorf("subscriber called %d times, want 2", rec.count(target))
+	}
+}
+
+// TestDirectSlotsShared: direct deliveries and the runner's share the
+// trigger's TriggerWorkers slots; with every slot busy, further events are
+// stored for the runner, and each event still arrives once.
+func TestDirectSlotsShared(t *testing.T) {
+	const slots, events = 2, 6
+	var (
+		mu            sync.Mutex
+		inFlight, top int
+		got           = map[string]int{}
+	)
+	release := make(chan struct{})
+	blocking := DelivererFunc(func(ctx context.Context, _ string, ev event.Event) (*event.Event, error) {
+		mu.Lock()
+		inFlight++
+		top = max(top, inFlight)
+		got[ev.ID()]++
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+		}()
+		select {
+		case <-release:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})
+	b, srv := startBrokerWith(t, blocking, func(c *Config) { c.TriggerWorkers = slots })
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("busy", "", "{uri: http://busy.invalid/}", ""))
+	for i := range events {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("s%d", i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return storedDeliveries(t, b) == events-slots },
+		"%d deliveries stored, want %d: the events beyond the busy slots", storedDeliveries(t, b), events-slots)
+	close(release)
+	wtest.WaitFor(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == events
+	}, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	mu.Lock()
+	defer mu.Unlock()
+	if top > slots {
+		t.Errorf("%d deliveries ran at once, want at most TriggerWorkers = %d", top, slots)
+	}
+	for id, n := range got {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
+		}
+	}
+}
