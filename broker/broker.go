@@ -149,6 +149,7 @@ type Broker struct {
 	storedSince atomic.Int64                 // bytes the ingress and the fan-out stored since that sample
 	storing     atomic.Int64                 // Store calls in flight
 	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
+	direct      atomic.Int64                 // direct deliveries in flight (direct.go)
 	// storageTripped: StorageError found the estimate above the high-water
 	// mark between samples.
 	storageTripped atomic.Bool

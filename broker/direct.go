@@ -26,6 +26,29 @@ import (
 // never holds events in the dispatcher for longer than one attempt. One that
 // is not retried is dead-lettered here, as the runner would.
 
+// directShare is the part of the dispatch consumer's MaxAckPending that
+// direct deliveries may hold at once (each holds its event unacknowledged):
+// beyond it they are stored, so slow subscribers of many triggers cannot
+// stall the dispatch of everyone else's events.
+const directShare = 2
+
+// tryDirect reserves a direct delivery for trigger r: a slot of the trigger
+// and a place within the node's share. release undoes it.
+func (b *Broker) tryDirect(r *runner) bool {
+	if b.cfg.storeEveryDelivery {
+		return false
+	}
+	if b.direct.Add(1) > int64(b.cfg.DispatchWorkers*dispatchPending/directShare) {
+		b.direct.Add(-1)
+		return false
+	}
+	if !r.tryAcquire() {
+		b.direct.Add(-1)
+		return false
+	}
+	return true
+}
+
 // hdrRetryAt is on a delivery handed over by the dispatcher: RFC 3339 time
 // before which its next attempt is not made.
 const hdrRetryAt = "Weft-Retry-At"
@@ -44,7 +67,10 @@ type directDelivery struct {
 // dispatched again. ctx is the dispatcher's: the attempt outlives it by
 // DrainTimeout, as a runner's would.
 func (b *Broker) deliverDirect(ctx context.Context, c *conn, fo fanout, ev event.Event, dd directDelivery) error {
-	defer dd.r.release()
+	defer func() {
+		dd.r.release()
+		b.direct.Add(-1)
+	}()
 	attemptCtx, cancel := b.drainContext(ctx)
 	defer cancel()
 	tr := dd.tr

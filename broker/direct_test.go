@@ -148,3 +148,54 @@ func TestDirectSlotsShared(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectShareBounded: direct deliveries hold their events
+// unacknowledged, so together they take at most 1/directShare of what the
+// dispatcher may have in flight; beyond that deliveries are stored, however
+// many triggers have free slots.
+func TestDirectShareBounded(t *testing.T) {
+	const perTrigger = 20
+	var (
+		mu  sync.Mutex
+		got = map[string]int{}
+	)
+	release := make(chan struct{})
+	blocking := DelivererFunc(func(ctx context.Context, target string, ev event.Event) (*event.Event, error) {
+		mu.Lock()
+		got[target+" "+ev.ID()]++
+		mu.Unlock()
+		select {
+		case <-release:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})
+	b, srv := startBrokerWith(t, blocking, func(c *Config) { c.DispatchWorkers = 1 })
+	b.StartDispatching()
+	share := dispatchPending / directShare
+	setTriggers(t, b, triggerYAML("a", "  filters: [{exact: {type: com.example.a}}]", "{uri: http://a.invalid/}", "")+
+		triggerYAML("b", "  filters: [{exact: {type: com.example.b}}]", "{uri: http://b.invalid/}", ""))
+	for i := range perTrigger {
+		for _, typ := range []string{"com.example.a", "com.example.b"} {
+			post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("%s-%d", typ, i), "ce-type", typ), body: `{}`})
+		}
+	}
+	// Each trigger has TriggerWorkers (32) slots, more than its 20 events,
+	// but together they may make only share deliveries directly.
+	wtest.WaitFor(t, 10*time.Second, func() bool { return storedDeliveries(t, b) == 2*perTrigger-uint64(share) },
+		"%d deliveries stored, want %d beyond the direct share of %d", storedDeliveries(t, b), 2*perTrigger-share, share)
+	close(release)
+	wtest.WaitFor(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 2*perTrigger
+	}, "not every event delivered")
+	mu.Lock()
+	defer mu.Unlock()
+	for k, n := range got {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", k, n)
+		}
+	}
+}

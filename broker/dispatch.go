@@ -37,7 +37,7 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 		Durable:       dispatchConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       b.cfg.AckWait,
-		MaxAckPending: b.cfg.DispatchWorkers * 64,
+		MaxAckPending: b.cfg.DispatchWorkers * dispatchPending,
 		Description:   "matches stored events against triggers",
 	})
 	if err != nil {
@@ -92,6 +92,10 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	}, nil
 }
 
+// dispatchPending is how many events per dispatch worker may be in flight
+// (the dispatch consumer's MaxAckPending, per worker).
+const dispatchPending = 64
+
 func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream.Msg, runners map[string]*runner) {
 	var ev event.Event
 	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
@@ -122,7 +126,7 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		out.Data = msg.Data()
 		out.Header.Set(hdrTrigger, tr.Name)
 		d := delivery{msg: out, id: seq + tr.Name}
-		if r := b.runnerOf(tr.Name, runners); r != nil && !b.cfg.storeEveryDelivery && r.tryAcquire() {
+		if r := b.runnerOf(tr.Name, runners); r != nil && b.tryDirect(r) {
 			direct = append(direct, directDelivery{r: r, tr: tr, d: d})
 			continue
 		}
