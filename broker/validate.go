@@ -349,7 +349,20 @@ func isHex(c byte) bool {
 // (dropped), data next to data_base64, extension values that are objects,
 // arrays or non-integral numbers (1.5 becomes 1), and trailing bytes. A
 // JSON null is an absent attribute.
+//
+// Most events are valid: acceptJSONEvent accepts those in one cheap pass,
+// and only what it does not accept is walked here, which also words the
+// error.
 func checkJSONEvent(raw []byte, index int) error {
+	if acceptJSONEvent(raw) {
+		return nil
+	}
+	return explainJSONEvent(raw, index)
+}
+
+// explainJSONEvent is checkJSONEvent's thorough pass: it finds the first
+// rule raw breaks, or returns nil.
+func explainJSONEvent(raw []byte, index int) error {
 	fail := func(attr, rule string) error { return &EventError{Index: index, Attribute: attr, Rule: rule} }
 	malformed := func(err error) error {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {

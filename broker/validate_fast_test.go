@@ -1,0 +1,54 @@
+package broker
+
+import (
+	"testing"
+)
+
+// FuzzAcceptJSONEvent: the fast check never accepts what the thorough one
+// refuses, so an error's wording and every rule stay explainJSONEvent's.
+func FuzzAcceptJSONEvent(f *testing.F) {
+	for _, c := range append(append([]ingressCase(nil), goodIngressCases...), badIngressCases...) {
+		if c.headers["Content-Type"] == "application/cloudevents+json" && len(c.body) <= 4<<10 {
+			f.Add([]byte(c.body))
+		}
+	}
+	for _, s := range []string{
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"text/plain","data":"x"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","data":null,"data_base64":"eA=="}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","id":"g"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","Ext":"x"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","n":1.5}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","n":2147483648}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","o":{"a":1}}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","s":"\ud800"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":null}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t"} {}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","subject":""}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if acceptJSONEvent(raw) {
+			if err := explainJSONEvent(raw, -1); err != nil {
+				t.Fatalf("accepted by the fast check, refused by the thorough one: %v\n%s", err, raw)
+			}
+		}
+	})
+}
+
+// TestAcceptJSONEventAcceptsTheCommonCase: a plain valid event takes the fast
+// path (otherwise it saves nothing).
+func TestAcceptJSONEventAcceptsTheCommonCase(t *testing.T) {
+	for _, s := range []string{
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"application/json","data":{"a":[1,2,{"b":null}]}}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"2026-11-27T18:00:00Z","subject":"s","knativebrokerttl":255,"flag":true}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","data_base64":"eA=="}`,
+	} {
+		if !acceptJSONEvent([]byte(s)) {
+			t.Errorf("not accepted by the fast check: %s", s)
+		}
+		if err := explainJSONEvent([]byte(s), -1); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}
