@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"mime"
@@ -501,10 +500,15 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		}
 		hdr.Set("Content-Type", contentType)
 	}
-	msg := cehttp.NewMessage(hdr, io.NopCloser(bytes.NewReader(data)))
+	// The attributes only: sdk-go would copy the body into a buffer of its
+	// own; the event takes data as it is, as sdk-go's builder would.
+	msg := cehttp.NewMessage(hdr, nil)
 	ev, err := binding.ToEvent(context.Background(), msg)
 	if err != nil {
 		return event.Event{}, &EventError{Index: -1, Rule: "cannot decode event: " + err.Error()}
+	}
+	if len(data) > 0 {
+		ev.DataEncoded = data
 	}
 	if err := validateEvent(ev, -1); err != nil {
 		return event.Event{}, err
