@@ -78,7 +78,7 @@ func (in *Inbound) serve(w http.ResponseWriter, req *http.Request) {
 	for _, h := range hopHeaders {
 		out.Header.Del(h)
 	}
-	resp, err := in.router.callFunction(out, name)
+	resp, err := in.router.callFunction(out, name, false)
 	if err != nil {
 		in.log.Debug("inbound call failed", "function", name, "err", err)
 		http.Error(w, "weft inbound: "+err.Error(), http.StatusBadGateway)

@@ -152,10 +152,15 @@ func (r *Router) serve(w http.ResponseWriter, req *http.Request, owned bool) {
 			delete(out.Header, h)
 		}
 	}
-	resp, err := r.RoundTrip(out)
+	// Through the proxy's own server the answer's header is forwarded as
+	// it came, never parsed into an http.Header (respWriter.forward).
+	rw, raw := w.(*respWriter)
+	resp, err := r.roundTrip(out, 0, raw)
 	if err != nil {
 		status := http.StatusBadGateway
 		switch {
+		case errors.Is(err, errRequestBody):
+			status = http.StatusBadRequest
 		case errors.Is(err, ErrUnknownHost), errors.Is(err, ErrNoRoute):
 			status = http.StatusNotFound
 		case errors.Is(err, ErrNotAllowed):
@@ -168,15 +173,33 @@ func (r *Router) serve(w http.ResponseWriter, req *http.Request, owned bool) {
 		return
 	}
 	defer resp.Body.Close()
-	h := w.Header()
-	for k, vs := range resp.Header {
-		h[k] = vs
+	if head := rawHeadOf(resp); head != nil {
+		rw.forward(head)
+	} else {
+		h := w.Header()
+		for k, vs := range resp.Header {
+			h[k] = vs
+		}
+		for _, k := range hopHeaders {
+			delete(h, k)
+		}
+		w.WriteHeader(resp.StatusCode)
 	}
-	for _, k := range hopHeaders {
-		delete(h, k)
+	if err := copyBody(w, resp.Body); err != nil {
+		// The answer was cut short: drop the client's connection rather
+		// than end the answer as if it were whole (httputil.ReverseProxy
+		// does the same).
+		r.log.Debug("copying the answer failed", "host", u.Host, "err", err)
+		panic(http.ErrAbortHandler)
 	}
-	w.WriteHeader(resp.StatusCode)
-	copyBody(w, resp.Body)
+}
+
+// rawHeadOf returns the head of an answer read raw, nil for any other.
+func rawHeadOf(resp *http.Response) *respHead {
+	if b, ok := resp.Body.(interface{ rawHead() *respHead }); ok {
+		return b.rawHead()
+	}
+	return nil
 }
 
 // hasHopHeaders reports whether h holds any of hopHeaders.
@@ -194,8 +217,9 @@ func hasHopHeaders(h http.Header) bool {
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // copyBody copies an answer's body to w.
-func copyBody(w io.Writer, body io.Reader) {
+func copyBody(w io.Writer, body io.Reader) error {
 	b := copyBufs.Get().(*[]byte)
-	_, _ = io.CopyBuffer(w, body, *b)
+	_, err := io.CopyBuffer(w, body, *b)
 	copyBufs.Put(b)
+	return err
 }

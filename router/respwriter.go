@@ -25,6 +25,11 @@ type respWriter struct {
 	pending    []byte // body held back until it is known whether more comes
 	closeAfter bool
 	err        error // the first write error
+	// raw is set by forward: the header is fields, lines as an endpoint
+	// sent them, instead of header.
+	raw     bool
+	fields  []byte
+	hasDate bool
 }
 
 // maxPending is how much of an answer without a Content-Length is held
@@ -32,9 +37,26 @@ type respWriter struct {
 const maxPending = 4 << 10
 
 func (w *respWriter) reset(c *srvConn, req *http.Request) {
-	h, p := w.header, w.pending[:0]
+	h, p, f := w.header, w.pending[:0], w.fields[:0]
+	if cap(f) > maxKeptFields {
+		f = nil // an unusually large header is not kept for the connection's life
+	}
 	clear(h)
-	*w = respWriter{c: c, req: req, header: h, pending: p, length: -1}
+	*w = respWriter{c: c, req: req, header: h, pending: p, fields: f, length: -1}
+}
+
+// forward starts the answer with an endpoint's status and header fields as
+// they came (see respHead), instead of Header and WriteHeader; h is copied.
+// The framing is chosen as for any answer, from h's Content-Length.
+func (w *respWriter) forward(h *respHead) {
+	if w.status != 0 || w.c.hijacked {
+		return
+	}
+	w.raw, w.hasDate = true, h.hasDate
+	w.fields = append(w.fields[:0], h.fields...)
+	w.status = h.status
+	w.bodyless = w.req.Method == http.MethodHead || h.status == http.StatusNoContent || h.status == http.StatusNotModified || h.status < 200
+	w.length = h.length
 }
 
 // Header implements http.ResponseWriter.
@@ -166,28 +188,53 @@ func (w *respWriter) sendHeader(done bool) {
 	case w.length >= 0:
 	case done:
 		w.length = int64(len(w.pending))
-		h["Content-Length"] = []string{strconv.Itoa(len(w.pending))}
+		if !w.raw {
+			h["Content-Length"] = []string{strconv.Itoa(len(w.pending))}
+		}
 	case w.req.ProtoAtLeast(1, 1):
 		w.chunked = true
-		delete(h, "Content-Length")
-		h["Transfer-Encoding"] = []string{"chunked"}
+		if !w.raw {
+			delete(h, "Content-Length")
+			h["Transfer-Encoding"] = []string{"chunked"}
+		}
 	default:
 		w.closeAfter = true // HTTP/1.0: the body ends with the connection
 	}
-	if !w.chunked {
-		delete(h, "Transfer-Encoding")
-	}
 	if w.closeAfter || w.req.Close || !w.req.ProtoAtLeast(1, 1) || w.c.s.shutting.Load() {
 		w.closeAfter = true
-		h["Connection"] = []string{"close"}
-	} else {
-		delete(h, "Connection")
 	}
-	w.writeStatus(w.status)
-	w.writeHeaderFields()
 	bw := w.c.bw
-	if _, ok := h["Date"]; !ok {
-		_, _ = bw.WriteString(dateField())
+	if w.raw {
+		w.writeStatus(w.status)
+		_, _ = bw.Write(w.fields)
+		if w.length >= 0 {
+			_, _ = bw.WriteString("Content-Length: ")
+			_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.length, 10))
+			_, _ = bw.WriteString("\r\n")
+		}
+		if w.chunked {
+			_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+		}
+		if w.closeAfter {
+			_, _ = bw.WriteString("Connection: close\r\n")
+		}
+		if !w.hasDate {
+			_, _ = bw.WriteString(dateField())
+		}
+	} else {
+		if !w.chunked {
+			delete(h, "Transfer-Encoding")
+		}
+		if w.closeAfter {
+			h["Connection"] = []string{"close"}
+		} else {
+			delete(h, "Connection")
+		}
+		w.writeStatus(w.status)
+		w.writeHeaderFields()
+		if _, ok := h["Date"]; !ok {
+			_, _ = bw.WriteString(dateField())
+		}
 	}
 	if _, err := bw.WriteString("\r\n"); err != nil && w.err == nil {
 		w.err = err
@@ -221,8 +268,7 @@ var cachedDate atomic.Pointer[dateLine]
 func (w *respWriter) writeStatus(code int) {
 	bw := w.c.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
-	var buf [3]byte
-	_, _ = bw.Write(strconv.AppendInt(buf[:0], int64(code), 10))
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
 	_ = bw.WriteByte(' ')
 	text := http.StatusText(code)
 	if text == "" {
@@ -273,8 +319,7 @@ func (w *respWriter) writeBody(p []byte) (int, error) {
 		p, over = p[:w.length-w.written], true
 	}
 	if w.chunked {
-		var buf [16]byte
-		_, _ = bw.Write(strconv.AppendInt(buf[:0], int64(len(p)), 16))
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(p)), 16))
 		_, _ = bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)

@@ -373,10 +373,12 @@ func hostname(host string) string {
 // The response body must be closed; it holds the endpoint slot (and for a
 // function, the instance's concurrency slot) until then.
 func (r *Router) RoundTrip(req *http.Request) (*http.Response, error) {
-	return r.roundTrip(req, 0)
+	return r.roundTrip(req, 0, false)
 }
 
-func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) {
+// roundTrip is RoundTrip; raw asks for the answer's head unparsed, for the
+// proxy (see h1Transport.exchange).
+func (r *Router) roundTrip(req *http.Request, hops int, raw bool) (*http.Response, error) {
 	if hops > maxHops {
 		return nil, ErrRouteLoop
 	}
@@ -393,15 +395,15 @@ func (r *Router) roundTrip(req *http.Request, hops int) (*http.Response, error) 
 			next := req.Clone(req.Context())
 			next.URL.Host = backend
 			next.Host = backend
-			return r.roundTrip(next, hops+1)
+			return r.roundTrip(next, hops+1, raw)
 		}
-		return s.do(req, r.clk)
+		return s.do(req, r.clk, raw)
 	}
 	if r.fns != nil && r.fns.Has(name) {
-		return r.callFunction(req, name)
+		return r.callFunction(req, name, raw)
 	}
 	if s := r.remoteService(name); s != nil {
-		return s.do(req, r.clk)
+		return s.do(req, r.clk, raw)
 	}
 	return nil, fmt.Errorf("%q: %w", name, ErrUnknownHost)
 }
@@ -475,13 +477,14 @@ func sameAddrs(eps []*Endpoint, urls []string) bool {
 	return true
 }
 
-// callFunction sends req to an instance of the function through the pool.
-func (r *Router) callFunction(req *http.Request, name string) (*http.Response, error) {
+// callFunction sends req to an instance of the function through the pool;
+// raw as for roundTrip.
+func (r *Router) callFunction(req *http.Request, name string, raw bool) (*http.Response, error) {
 	addr, release, err := r.fns.Acquire(req.Context(), name)
 	if err != nil {
 		return nil, fmt.Errorf("function %s: %w", name, err)
 	}
-	resp, err := r.plain.exchange(req.Context(), req, req.Body, target{addr: addr, key: addr, host: name}, time.Time{})
+	resp, err := r.plain.exchange(req.Context(), req, req.Body, target{addr: addr, key: addr, host: name}, time.Time{}, raw)
 	if err != nil {
 		release(err)
 		return nil, fmt.Errorf("function %s: %w", name, err)
@@ -502,7 +505,7 @@ func (r *Router) callFunction(req *http.Request, name string) (*http.Response, e
 // them and the answer's body) without a context, a timer and a
 // registration with the parent context per call. Errors it causes wrap
 // context.DeadlineExceeded, as a timeout context's would.
-func (s *service) do(req *http.Request, clk Clock) (*http.Response, error) {
+func (s *service) do(req *http.Request, clk Clock, raw bool) (*http.Response, error) {
 	if len(s.eps) == 0 {
 		return nil, fmt.Errorf("service %s: no endpoints", s.svc.Name)
 	}
@@ -518,7 +521,7 @@ func (s *service) do(req *http.Request, clk Clock) (*http.Response, error) {
 	s.budget.Deposit()
 	for attempt := 1; ; attempt++ {
 		ep := s.pick(clk)
-		resp, err := s.try(ctx, req, ep, clk, deadline)
+		resp, err := s.try(ctx, req, ep, clk, deadline, raw)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -576,7 +579,7 @@ var candidatesPool = sync.Pool{New: func() any { return new([]*Endpoint) }}
 
 // try sends one attempt to ep, within deadline (zero: none) and the
 // Service's per-try timeout, and records its outcome.
-func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk Clock, deadline time.Time) (*http.Response, error) {
+func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk Clock, deadline time.Time, raw bool) (*http.Response, error) {
 	tryDeadline, perTry := deadline, false
 	if s.policy.PerTryTimeout > 0 {
 		if d := time.Now().Add(s.policy.PerTryTimeout); deadline.IsZero() || d.Before(deadline) {
@@ -596,7 +599,7 @@ func (s *service) try(ctx context.Context, req *http.Request, ep *Endpoint, clk 
 	}
 	start := clk.Now()
 	ep.Begin()
-	resp, err := s.transportFor(callerOf(ctx)).exchange(ctx, req, body, tgt, tryDeadline)
+	resp, err := s.transportFor(callerOf(ctx)).exchange(ctx, req, body, tgt, tryDeadline, raw)
 	if err != nil && perTry && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("%w: %w", ErrPerTryTimeout, err)
 	}
@@ -617,7 +620,7 @@ func makeReplayable(req *http.Request) (bool, error) {
 	}
 	data, err := io.ReadAll(io.LimitReader(req.Body, maxReplayBody+1))
 	if err != nil {
-		return false, fmt.Errorf("read request body: %w", err)
+		return false, fmt.Errorf("%w: %w", errRequestBody, err)
 	}
 	req.Body.Close()
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
@@ -630,6 +633,14 @@ type onClose struct {
 	io.ReadCloser
 	fn   func()
 	done atomic.Bool
+}
+
+// rawHead passes on the head of a body read raw (see upBody.rawHead).
+func (o *onClose) rawHead() *respHead {
+	if h, ok := o.ReadCloser.(interface{ rawHead() *respHead }); ok {
+		return h.rawHead()
+	}
+	return nil
 }
 
 func (o *onClose) Close() error {

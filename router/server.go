@@ -2,7 +2,6 @@ package router
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,10 +22,11 @@ import (
 // connection and none per request. net/http's Server starts a goroutine per
 // request to watch the connection while the handler runs, and a keep-alive
 // exchange through it costs about twice the CPU of this loop on a proxy hop
-// (issue 5, goal 6). Requests are parsed by net/http's ReadRequest; answers
-// are framed here: the handler's Content-Length when it sets one, else the
-// length of a small answer that ended before 4 KiB, else chunked (HTTP/1.1)
-// or close-delimited (HTTP/1.0).
+// (issue 5, goal 6). Requests are parsed by parseRequest (h1parse.go):
+// net/http's rules, stricter on framing. Answers are framed here: the
+// handler's Content-Length when it sets one, else the length of a small
+// answer that ended before 4 KiB, else chunked (HTTP/1.1) or
+// close-delimited (HTTP/1.0).
 //
 // Differences from net/http's Server, on purpose: a request's context is
 // not cancelled when the client goes away mid-request (no reader watches
@@ -161,6 +162,7 @@ type srvConn struct {
 	remote   string
 	state    atomic.Int32
 	lr       io.LimitedReader // bounds a request's header to maxHeaderBytes
+	base     *http.Request    // every request starts as a copy: the context and remote address
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	w        respWriter // reused for every request of the connection
@@ -191,6 +193,7 @@ func (c *srvConn) serve() {
 	c.br = bufio.NewReaderSize(&c.lr, 4<<10)
 	c.bw = bufio.NewWriterSize(c.conn, 4<<10)
 	c.w.header = http.Header{}
+	c.base = (&http.Request{RemoteAddr: c.remote}).WithContext(c.ctx)
 	for {
 		c.lr.N = maxHeaderBytes + 4<<10 // what bufio may read ahead
 		if c.br.Buffered() == 0 {
@@ -213,7 +216,7 @@ func (c *srvConn) serve() {
 		if timed {
 			_ = c.conn.SetReadDeadline(time.Now().Add(c.s.readHeaderTimeout))
 		}
-		req, err := http.ReadRequest(c.br)
+		req, err := c.readRequest()
 		if err != nil {
 			c.badRequest(err)
 			return
@@ -228,41 +231,62 @@ func (c *srvConn) serve() {
 	}
 }
 
-// headerBuffered reports whether br holds a whole request header.
+// headerBuffered reports whether br holds a whole request head.
 func headerBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, []byte("\r\n\r\n"))
+	end, _ := headEnd(b, 0)
+	return end > 0
+}
+
+// readRequest reads the next request. Its head becomes one string that the
+// request line and every value are cut from; its body, if any, is read
+// from c.br through a reqBody.
+func (c *srvConn) readRequest() (*http.Request, error) {
+	head, buffered, err := readHead(c.br, maxHeaderBytes)
+	if err != nil {
+		return nil, err
+	}
+	s := string(head)
+	if buffered {
+		_, _ = c.br.Discard(len(head))
+	}
+	req, chunked, err := parseRequest(s, c.base)
+	if err != nil {
+		return nil, err
+	}
+	req.Body = http.NoBody
+	if chunked || req.ContentLength > 0 {
+		b := &reqBody{}
+		b.r.init(c.br, req.ContentLength, chunked)
+		req.Body = b
+	}
+	return req, nil
 }
 
 // badRequest answers a request that could not be parsed, when the client
-// sent something.
+// sent something: 400, or the status the parser chose (431, 501, 505).
 func (c *srvConn) badRequest(err error) {
-	if c.lr.N == 0 {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = io.WriteString(c.conn, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large")
-		return
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return
-	}
+	status := http.StatusBadRequest
+	var pe *parseError
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	switch {
+	case c.lr.N == 0:
+		status = http.StatusRequestHeaderFieldsTooLarge
+	case errors.As(err, &pe):
+		status = pe.status
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.As(err, &ne) && ne.Timeout():
 		return
 	}
+	c.s.log.Debug("router: bad request", "remote", c.remote, "err", err)
+	text := strconv.Itoa(status) + " " + http.StatusText(status)
 	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = io.WriteString(c.conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+	_, _ = io.WriteString(c.conn, "HTTP/1.1 "+text+"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+text)
 }
 
 // handle serves one request and reports whether the connection can carry
 // another.
 func (c *srvConn) handle(req *http.Request) (keep bool) {
-	req.RemoteAddr = c.remote
-	req = req.WithContext(c.ctx)
-	var body *reqBody
-	if req.Body != nil && req.Body != http.NoBody {
-		body = &reqBody{r: req.Body}
-		req.Body = body
-	}
+	body, _ := req.Body.(*reqBody) // the handler may replace req.Body
 	c.w.reset(c, req)
 	if ex, ok := req.Header["Expect"]; ok {
 		delete(req.Header, "Expect")
@@ -313,24 +337,24 @@ func (c *srvConn) serveHandler(req *http.Request) (ok bool) {
 	return !c.hijacked
 }
 
-// reqBody guards a request's body: the handler cannot read it once it
-// returned (a goroutine it started may still hold it), and Close does not
-// drain it (finish does, within maxDrain).
+// reqBody is a request's body. The handler cannot read it once it
+// returned (a goroutine it started may still hold it), Close does not drain
+// it (finish does, within maxDrain), and it is safe for concurrent use, as
+// net/http's is: http.Transport may still read it on its own goroutine
+// while the handler returns.
 type reqBody struct {
-	r    io.ReadCloser // net/http's body reader, safe for concurrent use
-	eof  atomic.Bool
-	done atomic.Bool
+	mu   sync.Mutex
+	r    bodyReader
+	done bool
 }
 
 func (b *reqBody) Read(p []byte) (int, error) {
-	if b.done.Load() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	n, err := b.r.Read(p)
-	if err == io.EOF {
-		b.eof.Store(true)
-	}
-	return n, err
+	return b.r.Read(p)
 }
 
 // Close implements io.Closer; what is left is drained (or not) by finish.
@@ -340,10 +364,15 @@ func (b *reqBody) Close() error { return nil }
 // connection can carry another request: the body was read to its end, or
 // what was left was short enough to read now.
 func (b *reqBody) finish() bool {
-	b.done.Store(true)
-	if b.eof.Load() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	switch b.r.err {
+	case io.EOF:
 		return true
+	case nil:
+		n, err := io.CopyN(io.Discard, &b.r, maxDrain+1)
+		return err == io.EOF && n <= maxDrain
 	}
-	n, err := io.CopyN(io.Discard, b.r, maxDrain+1)
-	return err == io.EOF && n <= maxDrain
+	return false
 }

@@ -24,9 +24,11 @@ import (
 // read on the caller's goroutine. http.Transport runs a reader and a writer
 // goroutine per connection and hands every request and answer between them
 // and the caller over channels; on a proxy hop that costs more CPU and
-// latency than the I/O itself (issue 5, goal 6). This does the same HTTP/1.1
-// exchange with net/http's own Request.Write and ReadResponse, so message
-// framing (Content-Length, chunked, HEAD, 1xx) is the standard library's.
+// latency than the I/O itself (issue 5, goal 6). Requests are written as
+// Request.Write does (writeRequest); answers are read by net/http's
+// ReadResponse, or for the proxy, which forwards the header as it came,
+// by parseResponseHead (h1parse.go), with the same framing rules (HEAD,
+// 1xx, 204, 304, chunked) and stricter on conflicting ones.
 //
 // What it does not do, unlike http.Transport: HTTP/2 (TLS offers only
 // http/1.1 in ALPN), proxies, transparent gzip, MaxConnsPerHost, and
@@ -54,6 +56,12 @@ type h1Transport struct {
 	gen  uint64               // bumped by CloseIdleConnections
 }
 
+// NewTransport returns the router's HTTP/1.1 transport (see h1Transport)
+// for use outside the router: weft's worker pool delivers events to its
+// instances through it. tc configures TLS for https endpoints (nil: verify
+// with the system roots).
+func NewTransport(tc *tls.Config) http.RoundTripper { return newH1Transport(tc) }
+
 // newH1Transport returns the router's transport; tc configures TLS for
 // https endpoints (nil: verify with the system roots).
 func newH1Transport(tc *tls.Config) *h1Transport {
@@ -79,6 +87,10 @@ type upConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
+	head   respHead // the last answer's head when read raw; valid until the connection is put back
+	// interrupt moves the deadline to the past, so that blocked I/O returns;
+	// made once per connection rather than per exchange.
+	interrupt func()
 }
 
 // countingReader counts the bytes read from a connection, so that a failure
@@ -148,7 +160,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeReqBody(req.Body)
 		return nil, err
 	}
-	return t.exchange(req.Context(), req, req.Body, tgt, time.Time{})
+	return t.exchange(req.Context(), req, req.Body, tgt, time.Time{}, false)
 }
 
 // exchange sends req's method, path, query, header and body (body, not
@@ -159,7 +171,12 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // as a timeout context would, for less: it becomes the connection's
 // deadline, and an error it causes wraps context.DeadlineExceeded. ctx
 // still cancels the exchange.
-func (t *h1Transport) exchange(ctx context.Context, req *http.Request, body io.ReadCloser, tgt target, deadline time.Time) (*http.Response, error) {
+//
+// raw is for the proxy, which forwards the answer's header as it came: the
+// answer's head is not parsed into resp.Header (it stays nil) but kept as
+// a respHead, which resp.Body's rawHead method returns; the body is then
+// never http.NoBody. An error reading body wraps errRequestBody.
+func (t *h1Transport) exchange(ctx context.Context, req *http.Request, body io.ReadCloser, tgt target, deadline time.Time, raw bool) (*http.Response, error) {
 	for retried := false; ; retried = true {
 		if err := ctx.Err(); err != nil {
 			closeReqBody(body)
@@ -170,9 +187,9 @@ func (t *h1Transport) exchange(ctx context.Context, req *http.Request, body io.R
 			closeReqBody(body)
 			return nil, deadlineErr(deadline, err)
 		}
-		resp, err := pc.roundTrip(ctx, req, body, tgt.host, deadline)
-		if err == nil {
-			return resp, nil
+		resp, err := pc.roundTrip(ctx, req, body, tgt.host, deadline, raw)
+		if err == nil || errors.Is(err, errRequestBody) {
+			return resp, err
 		}
 		// A connection the endpoint closed while it sat idle fails with an
 		// EOF or a reset before any answer byte: the request never reached
@@ -285,6 +302,7 @@ func (t *h1Transport) dial(ctx context.Context, tgt target, deadline time.Time) 
 		pc.conn, pc.tls = tc, &cs
 	}
 	pc.cr.r = pc.conn
+	pc.interrupt = func() { _ = pc.conn.SetDeadline(aLongTimeAgo) }
 	pc.br = bufio.NewReaderSize(&pc.cr, 4<<10)
 	pc.bw = bufio.NewWriterSize(pc.conn, 4<<10)
 	return pc, nil
@@ -344,10 +362,10 @@ func (t *h1Transport) CloseIdleConnections() {
 
 // roundTrip writes req with body and reads its answer on pc. On error pc
 // is closed.
-func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, body io.ReadCloser, host string, deadline time.Time) (*http.Response, error) {
+func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, body io.ReadCloser, host string, deadline time.Time, raw bool) (*http.Response, error) {
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, pc.interrupt)
 	}
 	if !deadline.IsZero() {
 		_ = pc.conn.SetDeadline(deadline)
@@ -357,9 +375,22 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, body io.Read
 	if werr == nil {
 		werr = pc.bw.Flush()
 	}
+	if errors.Is(werr, errRequestBody) {
+		// The caller's body failed: the endpoint has part of a request and
+		// would wait for the rest, so there is no answer to wait for.
+		stop()
+		pc.conn.Close()
+		return nil, werr
+	}
 	// Read the answer even when writing failed: an endpoint may answer
 	// early (413, 401) and close without reading the whole body.
-	resp, rerr := pc.readResponse(req)
+	var resp *http.Response
+	var rerr error
+	if raw {
+		resp, rerr = pc.readRawResponse(req)
+	} else {
+		resp, rerr = pc.readResponse(req)
+	}
 	if rerr != nil {
 		stop()
 		pc.conn.Close()
@@ -379,6 +410,14 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, body io.Read
 		resp.TLS = pc.tls
 	}
 	b := &upBody{pc: pc, ctx: ctx, stop: stop, body: resp.Body, reuse: reuse, deadline: deadline}
+	if raw {
+		// The body is read from the connection directly. The head stays
+		// valid until the body ends: only then is the connection put back.
+		b.rd.init(pc.br, pc.head.body, pc.head.chunked)
+		b.body, b.head = &b.rd, &pc.head
+		resp.Body = b
+		return resp, nil
+	}
 	if resp.Body == http.NoBody || resp.Body == nil {
 		b.finish(true)
 		resp.Body = http.NoBody
@@ -401,6 +440,60 @@ func (pc *upConn) readResponse(req *http.Request) (*http.Response, error) {
 	}
 	return nil, errors.New("router: too many 1xx answers")
 }
+
+// readRawResponse reads the final answer's head into pc.head, skipping
+// informational ones, and returns it as a response without a Header.
+func (pc *upConn) readRawResponse(req *http.Request) (*http.Response, error) {
+	h := &pc.head
+	for range 5 {
+		head, buffered, err := readHead(pc.br, maxResponseHead)
+		if err != nil {
+			// As ReadResponse: an end before the status line is unexpected.
+			return nil, unexpectedEOF(err)
+		}
+		err = parseResponseHead(head, req.Method, h)
+		if buffered {
+			_, _ = pc.br.Discard(len(head))
+		}
+		if err != nil {
+			return nil, err
+		}
+		if h.status/100 == 1 && h.status != http.StatusSwitchingProtocols {
+			continue
+		}
+		resp := &http.Response{Status: statusLine(h.status), StatusCode: h.status, Proto: "HTTP/1.1", ProtoMajor: 1,
+			ProtoMinor: h.minor, ContentLength: h.body, Close: h.close, Request: req}
+		if h.minor == 0 {
+			resp.Proto = "HTTP/1.0"
+		}
+		if h.chunked {
+			resp.TransferEncoding = chunkedEncoding
+		}
+		if req.Method == http.MethodHead {
+			resp.ContentLength = h.length
+		}
+		return resp, nil
+	}
+	return nil, errors.New("router: too many 1xx answers")
+}
+
+// statusLine returns Response.Status for code ("200 OK") without building
+// it per answer.
+func statusLine(code int) string {
+	if code >= 0 && code < len(statusLines) && statusLines[code] != "" {
+		return statusLines[code]
+	}
+	return strconv.Itoa(code) + " " + http.StatusText(code)
+}
+
+var statusLines = func() (t [600]string) {
+	for c := range t {
+		if text := http.StatusText(c); text != "" {
+			t[c] = strconv.Itoa(c) + " " + text
+		}
+	}
+	return t
+}()
 
 // ctxErr returns ctx's error, wrapping the I/O error it caused, once ctx
 // ended: the caller tells a timeout (context.DeadlineExceeded) from a
@@ -431,7 +524,9 @@ type upBody struct {
 	pc       *upConn
 	ctx      context.Context
 	stop     func() bool
-	body     io.ReadCloser
+	body     io.Reader // net/http's body, or rd
+	rd       bodyReader
+	head     *respHead // the answer's head when read raw
 	reuse    bool
 	deadline time.Time // the exchange's, cleared from the connection before reuse
 
@@ -456,6 +551,10 @@ func (b *upBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// rawHead returns the answer's head when it was read raw, else nil. It is
+// valid until the body is read to its end or closed.
+func (b *upBody) rawHead() *respHead { return b.head }
 
 // Close implements io.Closer. It does not drain what is left (a slow or
 // endless body would block): the connection is closed instead.
@@ -489,7 +588,7 @@ func (b *upBody) finish(eof bool) {
 // replaces to spare a copy of the request per attempt): the same default
 // User-Agent, "Content-Length: 0" for an empty POST, PUT or PATCH, and no
 // Host, Content-Length, Transfer-Encoding or Trailer field taken from the
-// header. body is closed.
+// header. body is closed. An error reading body wraps errRequestBody.
 func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser, host string) (err error) {
 	defer closeReqBody(body)
 	method := req.Method
@@ -539,8 +638,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser, host 
 		}
 	case req.ContentLength > 0:
 		_, _ = bw.WriteString("Content-Length: ")
-		var buf [20]byte
-		_, _ = bw.Write(strconv.AppendInt(buf[:0], req.ContentLength, 10))
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), req.ContentLength, 10))
 		_, _ = bw.WriteString("\r\n")
 	default:
 		chunked = true
@@ -552,13 +650,19 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser, host 
 	if _, err := bw.WriteString("\r\n"); err != nil {
 		return err
 	}
-	switch {
-	case !hasBody(body):
+	if !hasBody(body) {
 		return nil
-	case chunked:
+	}
+	src := &srcReader{r: body}
+	defer func() {
+		if src.err != nil {
+			err = fmt.Errorf("%w: %w", errRequestBody, src.err)
+		}
+	}()
+	if chunked {
 		cw := httputil.NewChunkedWriter(bw)
 		b := copyBufs.Get().(*[]byte)
-		_, err = io.CopyBuffer(cw, body, *b)
+		_, err = io.CopyBuffer(cw, src, *b)
 		copyBufs.Put(b)
 		if err != nil {
 			return err
@@ -569,11 +673,30 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.ReadCloser, host 
 		_, err = bw.WriteString("\r\n") // no trailer
 		return err
 	}
-	n, err := bw.ReadFrom(io.LimitReader(body, req.ContentLength))
+	n, err := bw.ReadFrom(io.LimitReader(src, req.ContentLength))
 	if err == nil && n < req.ContentLength {
-		err = fmt.Errorf("router: request body of %d bytes, %d declared", n, req.ContentLength)
+		src.err = fmt.Errorf("%d bytes, %d declared", n, req.ContentLength)
 	}
 	return err
+}
+
+// errRequestBody is a request body that could not be read: the caller's
+// fault (400), never a reason to try another endpoint.
+var errRequestBody = errors.New("router: reading the request body")
+
+// srcReader keeps the error of the reader it wraps, so that a failure of
+// the body can be told from a failure of the connection it is sent on.
+type srcReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *srcReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
 }
 
 // writeField writes one header field, with CR and LF in the value turned

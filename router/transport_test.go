@@ -389,3 +389,52 @@ func TestH1TransportSkipsAnsweredIdleConnection(t *testing.T) {
 		t.Errorf("second answer %d %q: the stale 408 was taken for it", resp.StatusCode, body)
 	}
 }
+
+// failingBody gives some bytes, then an error.
+type failingBody struct{ sent bool }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "half"), nil
+	}
+	return 0, errors.New("client went away")
+}
+
+func (*failingBody) Close() error { return nil }
+
+// TestH1TransportFailingRequestBody is a regression test: when the body
+// being sent failed, the exchange used to wait for an answer that the
+// endpoint, holding part of a request, would never send (until the
+// Service's timeout, or forever for a function). Now it ends at once with
+// an error that wraps errRequestBody, and the connection is not reused.
+func TestH1TransportFailingRequestBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(srv.Close)
+	tr := newH1Transport(nil)
+	t.Cleanup(tr.CloseIdleConnections)
+	// The context only keeps a broken build from hanging the suite.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, &failingBody{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = 100
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("a failing body was sent as a whole request")
+	}
+	if !errors.Is(err, errRequestBody) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want one wrapping errRequestBody", err)
+	}
+	tr.mu.Lock()
+	idle := len(tr.idle)
+	tr.mu.Unlock()
+	if idle != 0 {
+		t.Errorf("%d connections kept after a failed body", idle)
+	}
+}
