@@ -58,6 +58,9 @@ type Config struct {
 	// SampleEvery is how often the autoscaler observes each function's
 	// demand; it decides every AutoscaleTick. Default 1s.
 	SampleEvery time.Duration
+	// Transport carries deliveries to instances (plain HTTP on loopback,
+	// keep-alive). Nil: an http.Transport without proxy or compression.
+	Transport http.RoundTripper
 }
 
 // Identities hands out a function's identity; see Config.Identities. uid and
@@ -251,17 +254,21 @@ func New(cfg Config, log *slog.Logger) *Pool {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	return &Pool{
-		cfg: cfg.withDefaults(),
-		log: log,
-		client: &http.Client{Transport: &http.Transport{
+	transport := cfg.Transport
+	if transport == nil {
+		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+		transport = &http.Transport{
 			Proxy:               nil, // instances are on loopback; weft's own proxy settings must not apply
 			DialContext:         dialer.DialContext,
 			MaxIdleConnsPerHost: 64,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
-		}},
+		}
+	}
+	return &Pool{
+		cfg:         cfg.withDefaults(),
+		log:         log,
+		client:      &http.Client{Transport: transport},
 		probeClient: &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}},
 		spawnc:      make(chan spawnRequest),
 		ready:       make(chan struct{}),

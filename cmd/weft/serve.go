@@ -153,7 +153,10 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	if err != nil {
 		return err
 	}
-	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter, Identities: workloads}, log.With("component", "workers"))
+	pool := workers.New(workers.Config{ProxyURL: "http://" + o.routerAddr, Backlog: backlog, Meter: meter, Identities: workloads,
+		// Deliveries written and answered on the delivering goroutine: net/http's
+		// Transport hands each between two goroutines per connection.
+		Transport: router.NewTransport(nil)}, log.With("component", "workers"))
 	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weft_router_denied_total", Help: "Calls to a Service refused by its allow list, by service.",
 	}, []string{"service"})
