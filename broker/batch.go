@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -65,10 +66,12 @@ const (
 
 // storeItem is one encoded event waiting to be committed.
 type storeItem struct {
-	id   string // Nats-Msg-Id, from msgID
-	data []byte
-	call *storeCall
-	at   time.Time // when it was queued
+	id    string // Nats-Msg-Id, from msgID
+	data  []byte
+	ev    *event.Event // the event data encodes
+	early *earlyEvent  // reserved for early dispatch, or nil
+	call  *storeCall
+	at    time.Time // when it was queued
 }
 
 // storeCall is one Store call waiting for all its events.
@@ -243,12 +246,20 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 				b.metrics.Stored.Inc()
 			}
 		}
+		if it.early != nil {
+			if r.err == nil && first[i] == i && !r.dup && r.seq > 0 {
+				b.startEarly(it.id, it.early, it.ev, it.data, r.seq)
+			} else {
+				b.dropEarly(it.id, it.early)
+			}
+		}
 		it.call.resolve(r.err)
 	}
 }
 
 type storeResult struct {
 	dup bool
+	seq uint64 // the stream sequence, when published one by one
 	err error
 }
 
@@ -337,7 +348,7 @@ func (b *Broker) publishEach(c *conn, batch []storeItem, uniq []int, results []s
 		}
 		select {
 		case ack := <-f.Ok():
-			results[i] = storeResult{dup: ack.Duplicate}
+			results[i] = storeResult{dup: ack.Duplicate, seq: ack.Sequence}
 		case err := <-f.Err():
 			results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
 		case <-ctx.Done():

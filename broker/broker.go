@@ -150,6 +150,12 @@ type Broker struct {
 	storing     atomic.Int64                 // Store calls in flight
 	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
 	direct      atomic.Int64                 // direct deliveries in flight (direct.go)
+	// Early dispatch (early.go): the running dispatcher, and the events
+	// Store may start early, by message id.
+	dispatching  atomic.Pointer[dispatchState]
+	earlyMu      sync.Mutex
+	early        map[string]*earlyEvent
+	earlyStarted atomic.Uint64 // events whose deliveries Store started
 	// storageTripped: StorageError found the estimate above the high-water
 	// mark between samples.
 	storageTripped atomic.Bool
@@ -196,6 +202,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		ready:        make(chan struct{}),
 		dispatchGate: make(chan struct{}),
 		runners:      map[string]*runner{},
+		early:        map[string]*earlyEvent{},
 	}
 	b.index.Store(triggers.NewIndex(nil))
 	b.replays.byID = map[string]*ReplayStatus{}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-dev/weft/triggers"
@@ -49,6 +48,10 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	work := make(chan jetstream.Msg) // unbuffered: MaxAckPending already bounds what is in flight
 	done := make(chan struct{})
 	fo := b.newFanout(ctx, c)
+	b.earlyMu.Lock()
+	clear(b.early) // left by an earlier run, whose messages are dispatched anew
+	b.earlyMu.Unlock()
+	b.dispatching.Store(&dispatchState{ctx: ctx, c: c, fo: fo})
 	for range b.cfg.DispatchWorkers {
 		b.wg.Go(func() {
 			runners := map[string]*runner{} // this worker's cache of b.runners
@@ -85,6 +88,7 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 	var once sync.Once
 	return func() {
 		once.Do(func() {
+			b.dispatching.Store(nil)
 			cc.Drain() // what is buffered goes through the callback, which hands it back
 			<-cc.Closed()
 			close(done)
@@ -105,6 +109,11 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		_ = b.term(msg)
 		return
 	}
+	if e := b.takeEarly(msg.Headers().Get(jetstream.MsgIDHeader)); e != nil {
+		// Store started its deliveries already (early.go).
+		b.wg.Go(func() { b.settle(ctx, msg, ev, len(e.results), failedWait{}, nil, e.results) })
+		return
+	}
 	meta, err := msg.Metadata()
 	if err != nil {
 		_ = msg.NakWithDelay(retryStorageDelay)
@@ -120,12 +129,8 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		storeTo []*triggers.Trigger
 		direct  []directDelivery // made here (direct.go)
 	)
-	seq := strconv.FormatUint(meta.Sequence.Stream, 10) + "."
 	for _, tr := range matched {
-		out := nats.NewMsg(deliverPrefix + tr.Name)
-		out.Data = msg.Data()
-		out.Header.Set(hdrTrigger, tr.Name)
-		d := delivery{msg: out, id: seq + tr.Name}
+		d := newDelivery(meta.Sequence.Stream, tr.Name, msg.Data())
 		if r := b.runnerOf(tr.Name, runners); r != nil && b.tryDirect(r) {
 			direct = append(direct, directDelivery{r: r, tr: tr, d: d})
 			continue
@@ -140,17 +145,30 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 	// storage guard estimates use between samples from what was stored.
 	b.storedSince.Add(int64(len(msg.Data()) * len(ds)))
 	stored := fo.publish(ds)
+	results := b.startDirect(ctx, c, fo, ev, direct)
+	if !fo.batches() && len(direct) == 0 {
+		b.settle(ctx, msg, ev, len(matched), stored, readies, nil)
+		return
+	}
+	b.wg.Go(func() { b.settle(ctx, msg, ev, len(matched), stored, readies, results) })
+}
+
+// startDirect starts the direct deliveries of ev, each in a goroutine;
+// each result reports how it settled (see deliverDirect).
+func (b *Broker) startDirect(ctx context.Context, c *conn, fo fanout, ev event.Event, direct []directDelivery) []<-chan error {
 	results := make([]<-chan error, len(direct))
 	for i, dd := range direct {
 		result := make(chan error, 1)
 		results[i] = result
 		b.wg.Go(func() { result <- b.deliverDirect(ctx, c, fo, ev, dd) })
 	}
-	if !fo.batches() && len(direct) == 0 {
-		b.settle(ctx, msg, ev, len(matched), stored, readies, nil)
-		return
-	}
-	b.wg.Go(func() { b.settle(ctx, msg, ev, len(matched), stored, readies, results) })
+	return results
+}
+
+// deliveryID is the Nats-Msg-Id of the delivery of stored event seq for a
+// trigger: a redelivered event does not fan out twice.
+func deliveryID(seq uint64, trigger string) string {
+	return strconv.FormatUint(seq, 10) + "." + trigger
 }
 
 // settle acks a dispatched event once its deliveries are stored and a

@@ -96,6 +96,10 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		// No fsync to share, or too few calls at once for an atomic batch
 		// to pay (atomicMin): each call publishes its own events,
 		// pipelined, without waiting for a committer; batchMax at a time.
+		for i := range items {
+			items[i].ev = &evs[i]
+			items[i].early = b.registerEarly(items[i].id)
+		}
 		for rest := items; len(rest) > 0; {
 			n := min(len(rest), batchMax)
 			b.commit(b.batcher(), rest[:n])
