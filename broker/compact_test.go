@@ -22,6 +22,12 @@ import (
 // streamMsgCount is how many messages stream holds.
 func streamMsgCount(t *testing.T, js jetstream.JetStream, stream string) uint64 {
 	t.Helper()
+	return streamState(t, js, stream).Msgs
+}
+
+// streamState is stream's state now.
+func streamState(t *testing.T, js jetstream.JetStream, stream string) jetstream.StreamState {
+	t.Helper()
 	s, err := js.Stream(context.Background(), stream)
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +36,7 @@ func streamMsgCount(t *testing.T, js jetstream.JetStream, stream string) uint64 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return info.State
 }
 
 // TestAcknowledgedPurged: acks remove nothing by themselves (the streams

@@ -18,11 +18,7 @@ import (
 // storedDeliveries is how many deliveries were ever stored in WEFT_DELIVERIES.
 func storedDeliveries(t *testing.T, b *Broker) uint64 {
 	t.Helper()
-	info, err := b.conn.Load().dels.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.LastSeq
+	return streamState(t, b.conn.Load().js, deliveriesStream).LastSeq
 }
 
 // TestDirectDeliveryStoresNothing: with a free slot, the dispatcher delivers
