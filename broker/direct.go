@@ -49,6 +49,12 @@ func (b *Broker) tryDirect(r *runner) bool {
 	return true
 }
 
+// releaseDirect gives back what tryDirect reserved.
+func (b *Broker) releaseDirect(r *runner) {
+	r.release()
+	b.direct.Add(-1)
+}
+
 // hdrRetryAt is on a delivery handed over by the dispatcher: RFC 3339 time
 // before which its next attempt is not made.
 const hdrRetryAt = "Weft-Retry-At"
@@ -56,9 +62,10 @@ const hdrRetryAt = "Weft-Retry-At"
 // directDelivery is one trigger's delivery of a dispatched event made by the
 // dispatcher; r's slot is held until it settles.
 type directDelivery struct {
-	r  *runner
-	tr *triggers.Trigger
-	d  delivery // what is stored if the delivery is handed over
+	r    *runner
+	tr   *triggers.Trigger
+	seq  uint64 // the event's stream sequence
+	data []byte // the stored event, stored again if the delivery is handed over
 }
 
 // deliverDirect makes the first attempt of dd and settles it: delivered (and
@@ -67,10 +74,7 @@ type directDelivery struct {
 // dispatched again. ctx is the dispatcher's: the attempt outlives it by
 // DrainTimeout, as a runner's would.
 func (b *Broker) deliverDirect(ctx context.Context, c *conn, fo fanout, ev event.Event, dd directDelivery) error {
-	defer func() {
-		dd.r.release()
-		b.direct.Add(-1)
-	}()
+	defer b.releaseDirect(dd.r)
 	attemptCtx, cancel := b.drainContext(ctx)
 	defer cancel()
 	tr := dd.tr
@@ -115,7 +119,8 @@ func (b *Broker) deliverDirect(ctx context.Context, c *conn, fo fanout, ev event
 // made so far and the time its next attempt is due, and waits until the
 // runner has a consumer to hand it out (see settle).
 func (b *Broker) handOver(ctx context.Context, c *conn, fo fanout, dd directDelivery, history []Attempt, retryAt time.Time) error {
-	msg := dd.d.msg
+	d := newDelivery(dd.seq, dd.tr.Name, dd.data)
+	msg := d.msg
 	if len(history) > 0 {
 		attempts, err := json.Marshal(history)
 		if err != nil {
@@ -129,7 +134,7 @@ func (b *Broker) handOver(ctx context.Context, c *conn, fo fanout, dd directDeli
 	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
 	defer cancel()
 	b.storedSince.Add(int64(len(msg.Data)))
-	if err := fo.publish([]delivery{dd.d}).wait(storeCtx); err != nil {
+	if err := fo.publish([]delivery{d}).wait(storeCtx); err != nil {
 		return err
 	}
 	ready := dd.r.wake()

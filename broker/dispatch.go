@@ -101,17 +101,17 @@ func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err
 const dispatchPending = 64
 
 func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream.Msg, runners map[string]*runner) {
+	if e := b.takeEarly(msg.Headers().Get(jetstream.MsgIDHeader)); e != nil {
+		// Store started its deliveries already (early.go).
+		b.wg.Go(func() { b.settle(ctx, msg, e.ev, len(e.results), failedWait{}, nil, e.results) })
+		return
+	}
 	var ev event.Event
 	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		// Only validated events are stored; an unreadable one cannot get
 		// better by redelivery.
 		b.log.Error("dropping unreadable stored event", "err", err)
 		_ = b.term(msg)
-		return
-	}
-	if e := b.takeEarly(msg.Headers().Get(jetstream.MsgIDHeader)); e != nil {
-		// Store started its deliveries already (early.go).
-		b.wg.Go(func() { b.settle(ctx, msg, ev, len(e.results), failedWait{}, nil, e.results) })
 		return
 	}
 	meta, err := msg.Metadata()
@@ -130,12 +130,11 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		direct  []directDelivery // made here (direct.go)
 	)
 	for _, tr := range matched {
-		d := newDelivery(meta.Sequence.Stream, tr.Name, msg.Data())
 		if r := b.runnerOf(tr.Name, runners); r != nil && b.tryDirect(r) {
-			direct = append(direct, directDelivery{r: r, tr: tr, d: d})
+			direct = append(direct, directDelivery{r: r, tr: tr, seq: meta.Sequence.Stream, data: msg.Data()})
 			continue
 		}
-		ds = append(ds, d)
+		ds = append(ds, newDelivery(meta.Sequence.Stream, tr.Name, msg.Data()))
 		storeTo = append(storeTo, tr)
 	}
 	// Runners are woken before their deliveries are stored, so a sleeping

@@ -31,6 +31,7 @@ type earlyEvent struct {
 	started bool // Store began the early start; the consumer waits for ready
 	taken   bool // the consumer came first: no early start
 	ready   chan struct{}
+	ev      event.Event    // the event, when started
 	results []<-chan error // nil: nothing started early
 }
 
@@ -86,14 +87,14 @@ func (b *Broker) startEarly(id string, e *earlyEvent, ev *event.Event, data []by
 		r := b.runnerOf(tr.Name, runners)
 		if r == nil || !b.tryDirect(r) {
 			for _, dd := range direct {
-				dd.r.release()
-				b.direct.Add(-1)
+				b.releaseDirect(dd.r)
 			}
 			return
 		}
-		direct = append(direct, directDelivery{r: r, tr: tr, d: newDelivery(seq, tr.Name, data)})
+		direct = append(direct, directDelivery{r: r, tr: tr, seq: seq, data: data})
 	}
 	b.earlyStarted.Add(1)
+	e.ev = *ev
 	e.results = b.startDirect(d.ctx, d.c, d.fo, *ev, direct)
 }
 
