@@ -332,27 +332,27 @@ func commitAtomic(nc *nats.Conn, timeout time.Duration, stream, id string, msgs 
 func (b *Broker) publishEach(c *conn, batch []storeItem, uniq []int, results []storeResult) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
 	defer cancel()
-	futures := make([]jetstream.PubAckFuture, len(uniq))
+	pending := make([]pendingAck, len(uniq))
 	for n, i := range uniq {
-		f, err := c.js.PublishMsgAsync(eventMsg(&batch[i]))
+		a, err := c.acks.publish(eventMsg(&batch[i]))
 		if err != nil {
 			results[i] = storeResult{err: fmt.Errorf("%w: publish: %v", ErrUnavailable, err)}
 			continue
 		}
-		futures[n] = f
+		pending[n] = a
 	}
 	for n, i := range uniq {
-		f := futures[n]
-		if f == nil {
+		if pending[n].in == nil {
 			continue
 		}
-		select {
-		case ack := <-f.Ok():
+		ack, err := pending[n].wait(ctx)
+		switch {
+		case err == nil:
 			results[i] = storeResult{dup: ack.Duplicate, seq: ack.Sequence}
-		case err := <-f.Err():
-			results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
-		case <-ctx.Done():
+		case ctx.Err() != nil:
 			results[i] = storeResult{err: fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)}
+		default:
+			results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
 		}
 	}
 }

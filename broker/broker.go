@@ -177,6 +177,7 @@ type conn struct {
 	ns     *server.Server
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	acks   *ackInboxes // reply subjects of the ingress's pipelined publishes
 	dlq    jetstream.Stream
 	dels   jetstream.Stream
 	events jetstream.Stream
@@ -350,7 +351,7 @@ func (b *Broker) start() (*conn, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	return &conn{ns: ns, nc: nc, js: js}, nil
+	return &conn{ns: ns, nc: nc, js: js, acks: newAckInboxes(nc, min(b.cfg.MaxInflight, 1024))}, nil
 }
 
 func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {

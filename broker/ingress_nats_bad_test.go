@@ -101,12 +101,40 @@ func TestNATSIngressStoresNothingInvalid(t *testing.T) {
 // slow consumer — and every event is stored.
 func TestNATSIngressBurst(t *testing.T) {
 	b, _ := startBroker(t, newRecorder())
+	if stored, overloaded := natsBurst(t, b, 1000); stored != 1000 || overloaded != 0 {
+		t.Fatalf("%d stored, %d answered 429; want all 1000 stored", stored, overloaded)
+	}
+}
+
+// TestNATSIngressOverload: with room for 8 events being stored, a burst of
+// 1,000 is answered in full all the same: each request is stored or
+// answered 429 (none is dropped, none waits for a store to finish), and
+// every event acknowledged as stored is.
+func TestNATSIngressOverload(t *testing.T) {
+	b, _ := startBrokerWith(t, newRecorder(), func(c *Config) { c.MaxInflight = 8 })
+	b.StartDispatching()
+	stored, overloaded := natsBurst(t, b, 1000)
+	if overloaded == 0 {
+		t.Errorf("no request of 1,000 answered 429 with MaxInflight 8")
+	}
+	if stored == 0 {
+		t.Errorf("no request of 1,000 stored with MaxInflight 8")
+	}
+	t.Logf("%d stored, %d answered 429", stored, overloaded)
+}
+
+// natsBurst publishes n binary events to the NATS ingress at once, reads
+// every answer, and returns how many said stored and how many 429. It fails
+// the test on any other answer, when answers are missing, or when the
+// broker's stored count differs from the stored answers.
+func natsBurst(t *testing.T, b *Broker, n int) (stored, overloaded int) {
+	t.Helper()
 	nc, err := nats.Connect(b.NATSURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	const burst = 1000
+	burst := n
 	acks := make(chan *nats.Msg, burst)
 	inbox := nats.NewInbox()
 	sub, err := nc.ChanSubscribe(inbox, acks)
@@ -121,19 +149,23 @@ func TestNATSIngressBurst(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stored := 0
-	for stored < burst {
+	for stored+overloaded < burst {
 		select {
 		case m := <-acks:
-			if string(m.Data) != `{"stored":1}` {
+			switch string(m.Data) {
+			case `{"stored":1}`:
+				stored++
+			case string(natsAck(0, ErrOverloaded)):
+				overloaded++
+			default:
 				t.Fatalf("ack %s", m.Data)
 			}
-			stored++
 		case <-time.After(30 * time.Second):
-			t.Fatalf("%d of %d requests acknowledged; the rest were dropped", stored, burst)
+			t.Fatalf("%d of %d requests answered; the rest were dropped", stored+overloaded, burst)
 		}
 	}
-	if n := testutil.ToFloat64(b.metrics.Stored); n != burst {
-		t.Fatalf("stored %v events, want %d", n, burst)
+	if got := testutil.ToFloat64(b.metrics.Stored); got != float64(stored) {
+		t.Fatalf("stored %v events, %d acknowledged as stored", got, stored)
 	}
+	return stored, overloaded
 }
