@@ -70,8 +70,11 @@ type storeItem struct {
 	data  []byte
 	ev    *event.Event // the event data encodes
 	early *earlyEvent  // reserved for early dispatch, or nil
-	call  *storeCall
-	at    time.Time // when it was queued
+	// unmatched is the mark of an event no trigger matched (unmatched.go),
+	// else "".
+	unmatched string
+	call      *storeCall
+	at        time.Time // when it was queued
 }
 
 // storeCall is one Store call waiting for all its events.
@@ -268,6 +271,9 @@ func eventMsg(it *storeItem) *nats.Msg {
 	msg.Data = it.data
 	msg.Header.Set(jetstream.MsgIDHeader, it.id)
 	msg.Header.Set(jetstream.ExpectedStreamHeader, eventsStream)
+	if it.unmatched != "" {
+		msg.Header.Set(hdrUnmatched, it.unmatched)
+	}
 	return msg
 }
 

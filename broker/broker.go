@@ -140,6 +140,8 @@ type Broker struct {
 	deliverer Deliverer
 
 	index        atomic.Pointer[triggers.Index]
+	indexVersion atomic.Uint64 // bumped after each index swap (unmatched.go)
+	runID        string        // random, per Broker (unmatched.go)
 	dispatchGate chan struct{} // closed by StartDispatching
 	gateOnce     sync.Once
 	inflight     chan struct{} // semaphore of publishes awaiting storage
@@ -204,6 +206,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		dispatchGate: make(chan struct{}),
 		runners:      map[string]*runner{},
 		early:        map[string]*earlyEvent{},
+		runID:        newRunID(),
 	}
 	b.index.Store(triggers.NewIndex(nil))
 	b.replays.byID = map[string]*ReplayStatus{}
@@ -460,6 +463,7 @@ func (b *Broker) SetTriggers(idx *triggers.Index) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.index.Store(idx) // under mu, so the index and the runners always agree
+	b.indexVersion.Add(1)
 	if b.runCtx != nil {
 		b.reconcileLocked(idx)
 	}

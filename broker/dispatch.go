@@ -106,6 +106,14 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		b.wg.Go(func() { b.settle(ctx, msg, e.ev, len(e.results), failedWait{}, nil, e.results) })
 		return
 	}
+	if b.stillUnmatched(msg.Headers().Get(hdrUnmatched)) {
+		// No trigger wanted it when it was stored, and the triggers are
+		// the same: nothing to decode or deliver.
+		if err := b.ack(msg); err != nil {
+			b.log.Debug("ack of unmatched event", "err", err)
+		}
+		return
+	}
 	var ev event.Event
 	if err := ev.UnmarshalJSON(msg.Data()); err != nil { // as json.Unmarshal does, without its validity pass
 		// Only validated events are stored; an unreadable one cannot get

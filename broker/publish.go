@@ -74,11 +74,13 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
 	items := make([]storeItem, len(evs))
 	now := time.Now()
+	version := b.indexVersion.Load() // before the index: see unmatched.go
 	for i := range evs {
 		ev := &evs[i]
 		if _, ok := ev.Extensions()[TTLExtension]; !ok {
 			ev.SetExtension(TTLExtension, DefaultTTL)
 		}
+		items[i].unmatched = b.unmatchedMark(version, ev)
 		// Not json.Marshal: it would validate and compact sdk-go's output
 		// again, a tenth of the ingress's CPU.
 		body, err := ev.MarshalJSON()
@@ -86,7 +88,7 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			release()
 			return fmt.Errorf("encode event %q: %w", ev.ID(), err)
 		}
-		items[i] = storeItem{id: msgID(ev), data: body, call: call, at: now}
+		items[i].id, items[i].data, items[i].call, items[i].at = msgID(ev), body, call, now
 	}
 	// From here the in-flight slots are released as the events resolve
 	// (storeCall.resolve), not when Store returns.
@@ -97,6 +99,9 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		// to pay (atomicMin): each call publishes its own events,
 		// pipelined, without waiting for a committer; batchMax at a time.
 		for i := range items {
+			if items[i].unmatched != "" {
+				continue // nothing to start
+			}
 			items[i].ev = &evs[i]
 			items[i].early = b.registerEarly(items[i].id)
 		}
