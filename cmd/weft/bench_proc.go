@@ -49,11 +49,14 @@ func (l *lockedBuffer) String() string {
 }
 
 // startProc starts bin with args in its own process group, so that stop
-// reaches whatever it spawned.
+// reaches whatever it spawned. It gets SIGTERM if the bench dies without
+// stopping it (killed, say), so no `weft serve` or nginx outlives its bench.
+// Linux ties Pdeathsig to the forking thread, but the Go runtime retires a
+// thread only when a goroutine locked to it returns, which the bench never does.
 func startProc(name, bin string, args ...string) (*benchProc, error) {
 	p := &benchProc{name: name, cmd: exec.Command(bin, args...), out: &lockedBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

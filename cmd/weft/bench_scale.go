@@ -370,11 +370,12 @@ func yamlList(argv []string) string {
 }
 
 // workerCommand is the worker argv on 127.0.0.1:port in a process group of
-// its own, with PATH, PORT and env only.
+// its own, with PATH, PORT and env only; killed if the bench dies first (see
+// startProc).
 func workerCommand(argv []string, port string, env ...string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "PORT=" + port}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 

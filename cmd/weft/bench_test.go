@@ -1,21 +1,26 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/weft-dev/weft/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // ingestStub stands in for weft's ingress: it answers every POST with
@@ -402,5 +407,72 @@ func TestBenchProcReadings(t *testing.T) {
 	defer p.stop()
 	if !slices.Contains(children(os.Getpid()), p.pid()) {
 		t.Errorf("children(%d) = %v, lacks %d", os.Getpid(), children(os.Getpid()), p.pid())
+	}
+}
+
+// benchParentEnv makes the test binary act as a bench that started a
+// process of each kind and then dies (see TestBenchChildrenDieWithTheBench).
+const benchParentEnv = "WEFT_TEST_BENCH_PARENT"
+
+// benchParent starts `sleep` as startProc and workerCommand do, prints both
+// pids and waits to be killed.
+func benchParent() {
+	p, err := startProc("sleep", "sleep", "120")
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	w := workerCommand([]string{"sleep", "120"}, "0")
+	if err := w.Start(); err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println(p.pid(), w.Process.Pid)
+	select {}
+}
+
+// TestBenchChildrenDieWithTheBench kills a bench with SIGKILL, so it stops
+// nothing itself, and expects what it started to end anyway.
+func TestBenchChildrenDieWithTheBench(t *testing.T) {
+	parent := exec.Command(os.Args[0], "-test.run=^$")
+	parent.Env = append(os.Environ(), benchParentEnv+"=1")
+	out, err := parent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var procPid, workerPid int
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if _, serr := fmt.Sscan(line, &procPid, &workerPid); err != nil || serr != nil {
+		_ = parent.Process.Kill()
+		t.Fatalf("the bench's pids: %q, %v, %v", line, err, serr)
+	}
+	// Watch both before the bench dies: a pidfd turns readable when its
+	// process ends, zombie or reaped.
+	var fds []int
+	for _, pid := range []int{procPid, workerPid} {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			_ = parent.Process.Kill()
+			t.Fatalf("pidfd of %d: %v", pid, err)
+		}
+		defer unix.Close(fd)
+		fds = append(fds, fd)
+	}
+	_ = parent.Process.Kill()
+	_ = parent.Wait()
+	for i, fd := range fds {
+		pid := []int{procPid, workerPid}[i]
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 10_000)
+		for err == unix.EINTR {
+			n, err = unix.Poll(pfd, 10_000)
+		}
+		if err != nil || n == 0 {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			t.Fatalf("process %d still runs 10 s after its bench was killed (%v)", pid, err)
+		}
 	}
 }

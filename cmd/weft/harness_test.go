@@ -25,6 +25,9 @@ import (
 var weftBin, recorderBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchParentEnv) != "" {
+		benchParent() // never returns: TestBenchChildrenDieWithTheBench kills it
+	}
 	flag.Parse()
 	if testing.Short() {
 		os.Exit(m.Run())
