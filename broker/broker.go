@@ -79,6 +79,14 @@ type Config struct {
 	// delivery is stored before its first attempt. For tests of the stored
 	// path and for benchmarks comparing the two.
 	storeEveryDelivery bool
+	// noEarlyStart turns early dispatch off (early.go), so that events
+	// stored with the dispatcher paused wait for it: for benchmarks of a
+	// stored backlog.
+	noEarlyStart bool
+	// slotWait and slowFor tune the dispatcher's wait for a busy trigger's
+	// slot (direct.go); tests lengthen them. Defaults defaultSlotWait and
+	// defaultSlowFor.
+	slotWait, slowFor time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -102,6 +110,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 10 * time.Second
+	}
+	if c.slotWait == 0 {
+		c.slotWait = defaultSlotWait
+	}
+	if c.slowFor == 0 {
+		c.slowFor = defaultSlowFor
 	}
 	c.Ingress = c.Ingress.withDefaults()
 	c.Circuit = c.Circuit.withDefaults()

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync"
 	"testing"
@@ -192,6 +193,101 @@ func TestDirectShareBounded(t *testing.T) {
 	for k, n := range got {
 		if n != 1 {
 			t.Errorf("%s delivered %d times", k, n)
+		}
+	}
+}
+
+// gatedDeliverer blocks each delivery until a token arrives on gate (or
+// its context ends) and counts deliveries per event id.
+type gatedDeliverer struct {
+	gate chan struct{}
+	mu   sync.Mutex
+	got  map[string]int
+}
+
+func newGatedDeliverer() *gatedDeliverer {
+	return &gatedDeliverer{gate: make(chan struct{}, 100), got: map[string]int{}}
+}
+
+func (g *gatedDeliverer) Deliver(ctx context.Context, _ string, ev event.Event) (*event.Event, error) {
+	g.mu.Lock()
+	g.got[ev.ID()]++
+	g.mu.Unlock()
+	select {
+	case <-g.gate:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (g *gatedDeliverer) counts() map[string]int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return maps.Clone(g.got)
+}
+
+// TestDispatcherWaitsForABusySlot: when a trigger's only slot is busy, the
+// dispatcher waits for it (up to slotWait) rather than storing the delivery;
+// each event is delivered directly, once, and nothing is stored.
+func TestDispatcherWaitsForABusySlot(t *testing.T) {
+	g := newGatedDeliverer()
+	b, srv := startBrokerWith(t, g, func(c *Config) { c.TriggerWorkers = 1; c.slotWait = time.Minute })
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("one-slot", "", "{uri: http://one-slot.invalid/}", ""))
+	for i := range 3 {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("w%d", i)), body: `{}`})
+	}
+	// The first holds the slot; the other two hold a place in the direct
+	// share while they wait for it.
+	wtest.WaitFor(t, 10*time.Second, func() bool { return b.direct.Load() == 3 },
+		"%d direct deliveries reserved, want 3: one running and two waiting for its slot", b.direct.Load())
+	for range 3 {
+		g.gate <- struct{}{}
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return len(g.counts()) == 3 }, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	if n := storedDeliveries(t, b); n != 0 {
+		t.Errorf("%d deliveries stored, want none: the slot was free within slotWait", n)
+	}
+	for id, n := range g.counts() {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
+		}
+	}
+	if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues("acquired")); n < 1 {
+		t.Errorf("slot waits that acquired counted %v, want at least 1", n)
+	}
+}
+
+// TestSlowTriggerStoredAtOnce: a wait for a slot that runs out marks the
+// trigger slow; for slowFor its busy deliveries are stored without waiting,
+// so one slow subscriber costs the dispatcher one slotWait, not one per event.
+func TestSlowTriggerStoredAtOnce(t *testing.T) {
+	g := newGatedDeliverer()
+	b, srv := startBrokerWith(t, g, func(c *Config) {
+		c.TriggerWorkers, c.DispatchWorkers = 1, 1
+		c.slotWait, c.slowFor = 20*time.Millisecond, time.Hour
+	})
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("slow", "", "{uri: http://slow.invalid/}", ""))
+	const events = 5
+	for i := range events {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("s%d", i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return storedDeliveries(t, b) == events-1 },
+		"%d deliveries stored, want %d: all but the one holding the slot", storedDeliveries(t, b), events-1)
+	if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues("timed_out")); n != 1 {
+		t.Errorf("slot waits that timed out counted %v, want 1: after it the trigger counts as slow", n)
+	}
+	for range events {
+		g.gate <- struct{}{}
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return len(g.counts()) == events }, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	for id, n := range g.counts() {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
 		}
 	}
 }

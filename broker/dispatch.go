@@ -138,7 +138,7 @@ func (b *Broker) dispatch(ctx context.Context, c *conn, fo fanout, msg jetstream
 		direct  []directDelivery // made here (direct.go)
 	)
 	for _, tr := range matched {
-		if r := b.runnerOf(tr.Name, runners); r != nil && b.tryDirect(r) {
+		if r := b.runnerOf(tr.Name, runners); r != nil && b.awaitDirect(ctx, r) {
 			direct = append(direct, directDelivery{r: r, tr: tr, seq: meta.Sequence.Stream, data: msg.Data()})
 			continue
 		}

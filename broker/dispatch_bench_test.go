@@ -257,7 +257,9 @@ type dispatchFixture struct {
 // delivering to sub with n bench triggers, of which min(n, 10) match every
 // bench event, and warms it up.
 func newDispatchFixture(b *testing.B, sub *benchSubscriber, n int, storeEveryDelivery bool) *dispatchFixture {
-	cfg := Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, DrainTimeout: time.Second, storeEveryDelivery: storeEveryDelivery}
+	// No early start: the backlog, stored while the dispatcher is paused,
+	// must wait for it, as a backlog does.
+	cfg := Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, DrainTimeout: time.Second, storeEveryDelivery: storeEveryDelivery, noEarlyStart: true}
 	br, err := New(cfg, sub, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)

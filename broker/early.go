@@ -39,7 +39,7 @@ type earlyEvent struct {
 // before it is published; nil when the dispatcher is not running or the id
 // is already reserved (a duplicate in flight).
 func (b *Broker) registerEarly(id string) *earlyEvent {
-	if b.dispatching.Load() == nil {
+	if b.dispatching.Load() == nil || b.cfg.noEarlyStart {
 		return nil
 	}
 	b.earlyMu.Lock()

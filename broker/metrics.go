@@ -13,6 +13,7 @@ type Metrics struct {
 	Retried      *prometheus.CounterVec // by trigger
 	DeadLettered *prometheus.CounterVec // by trigger, reason: retries_exhausted, not_retryable, ttl_exceeded
 	LoopsCut     prometheus.Counter
+	SlotWaits    *prometheus.CounterVec // by outcome: acquired, timed_out
 
 	StorageUsed  prometheus.Gauge // JetStream disk use, bytes
 	StorageLimit prometheus.Gauge // its limit, bytes
@@ -50,6 +51,9 @@ func NewMetrics() *Metrics {
 		LoopsCut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_reply_loops_cut_total", Help: "Replies dropped to the DLQ because their knativebrokerttl reached zero.",
 		}),
+		SlotWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_dispatch_slot_waits_total", Help: "Waits of the dispatcher for a busy trigger's delivery slot, by outcome: acquired (delivered directly) or timed_out (the delivery was stored).",
+		}, []string{"outcome"}),
 		StorageUsed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weft_storage_used_bytes", Help: "JetStream disk use; at 90% of weft_storage_limit_bytes the ingress refuses events.",
 		}),
@@ -73,7 +77,7 @@ func NewMetrics() *Metrics {
 
 // Register adds every collector to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.Received, m.Rejected, m.Stored, m.Duplicates, m.Delivered, m.Retried, m.DeadLettered, m.LoopsCut, m.StorageUsed, m.StorageLimit,
+	for _, c := range []prometheus.Collector{m.Received, m.Rejected, m.Stored, m.Duplicates, m.Delivered, m.Retried, m.DeadLettered, m.LoopsCut, m.SlotWaits, m.StorageUsed, m.StorageLimit,
 		m.CircuitState, m.CircuitOpened, m.CircuitRejected, m.CircuitProbes} {
 		if err := reg.Register(c); err != nil {
 			return err

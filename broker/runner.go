@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -57,6 +58,9 @@ type runner struct {
 	// those of the runner's consumer and those the dispatcher makes
 	// directly alike.
 	slots chan struct{}
+	// slowUntil (Unix ns): until then the dispatcher does not wait for a
+	// busy slot of this trigger (direct.go).
+	slowUntil atomic.Int64
 
 	mu        sync.Mutex
 	idleAfter time.Duration // runnerIdleAfter; tests shorten it
