@@ -71,6 +71,15 @@ func (o Object) Position(path []string) (line, col int) {
 	return line, col
 }
 
+// Detached returns o without its YAML syntax tree. The tree's tokens link
+// the whole file the document came from, so an object kept after validation
+// would keep all of it (10,000 Triggers in one file kept 170 MB of it).
+// Positions of a detached object are its document's line.
+func (o Object) Detached() Object {
+	o.body = nil
+	return o
+}
+
 // FieldError builds a *FieldError for the field at path, with its position.
 func (o Object) FieldError(path []string, err error) *FieldError {
 	line, col := o.Position(path)

@@ -83,7 +83,7 @@ type Change struct {
 
 // parse turns a decoded object into its component's form.
 func parse(obj resource.Object) (applied, error) {
-	a := applied{obj: obj}
+	a := applied{obj: obj.Detached()} // kept while in force; errors come from obj
 	var err error
 	switch obj.Kind {
 	case "Trigger":

@@ -104,7 +104,7 @@ func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // openStore opens a real Badger store in dir and closes it when the test
 // ends (a second Close is harmless).
-func openStore(t *testing.T, dir string) *store.Badger {
+func openStore(t testing.TB, dir string) *store.Badger {
 	t.Helper()
 	st, err := store.OpenBadger(dir, nil)
 	if err != nil {
