@@ -36,7 +36,7 @@ const directShare = 2
 // slotWait for one before it stores the delivery instead: a trigger whose
 // subscriber answers at once frees a slot within a fraction of that, and a
 // second store, fsync included, costs more than the wait (a backlog to a warm
-// subscriber, BenchmarkDispatch/bound: 14.5k → 22k events/s). A trigger on
+// subscriber, BenchmarkDispatch/bound: 14.5k → 20–22k events/s). A trigger on
 // whose slots such a wait ran out counts as slow for slowFor: its busy
 // deliveries are stored at once, so a slow subscriber holds up the
 // dispatcher for at most one slotWait per worker and slowFor.
