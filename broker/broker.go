@@ -166,6 +166,7 @@ type Broker struct {
 	storing     atomic.Int64                 // Store calls in flight
 	settled     atomic.Uint64                // messages of the work streams acked or terminated; wakes the compactor
 	direct      atomic.Int64                 // direct deliveries in flight (direct.go)
+	kept        keptGoroutines               // where direct deliveries run (direct.go)
 	// Early dispatch (early.go): the running dispatcher, and the events
 	// Store may start early, by message id.
 	dispatching  atomic.Pointer[dispatchState]
@@ -216,6 +217,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		deliverer:    newBreakers(cfg.Circuit, time.Now, m, d),
 		inflight:     make(chan struct{}, cfg.MaxInflight),
 		batch:        newBatcher(),
+		kept:         keptGoroutines{work: make(chan func())},
 		ready:        make(chan struct{}),
 		dispatchGate: make(chan struct{}),
 		runners:      map[string]*runner{},

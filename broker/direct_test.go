@@ -291,3 +291,36 @@ func TestSlowTriggerStoredAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestKeptDeliveryGoroutines: a goroutine that made a direct delivery waits
+// for the next one instead of exiting, and at most keptIdle of them wait.
+// (They end with the broker's run: the cleanup waits for Run, which waits
+// for them.)
+func TestKeptDeliveryGoroutines(t *testing.T) {
+	g := newGatedDeliverer()
+	const many = keptIdle + 16
+	b, srv := startBrokerWith(t, g, func(c *Config) { c.TriggerWorkers = many })
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("kept", "", "{uri: http://kept.invalid/}", ""))
+	// One at a time: each delivery runs on the goroutine the one before used.
+	for i := range 5 {
+		g.gate <- struct{}{}
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("k%d", i)), body: `{}`})
+		wtest.WaitFor(t, 10*time.Second, func() bool { return len(g.counts()) == i+1 && b.kept.idle.Load() == 1 },
+			"after delivery %d: %d delivered, %d goroutines waiting, want %d and 1", i+1, len(g.counts()), b.kept.idle.Load(), i+1)
+	}
+	// Many at once: each needs a goroutine; afterwards only keptIdle wait.
+	for i := range many {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("m%d", i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return len(g.counts()) == 5+many }, "not every event reached the subscriber")
+	for range many {
+		g.gate <- struct{}{}
+	}
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return b.kept.idle.Load() == keptIdle },
+		"%d delivery goroutines waiting, want keptIdle = %d", b.kept.idle.Load(), keptIdle)
+	if n := storedDeliveries(t, b); n != 0 {
+		t.Errorf("%d deliveries stored, want none: every event had a slot", n)
+	}
+}

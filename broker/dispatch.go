@@ -167,7 +167,7 @@ func (b *Broker) startDirect(ctx context.Context, c *conn, fo fanout, ev event.E
 	for i, dd := range direct {
 		result := make(chan error, 1)
 		results[i] = result
-		b.wg.Go(func() { result <- b.deliverDirect(ctx, c, fo, ev, dd) })
+		b.goKept(ctx, func() { result <- b.deliverDirect(ctx, c, fo, ev, dd) })
 	}
 	return results
 }
