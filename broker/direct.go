@@ -65,11 +65,17 @@ func (b *Broker) awaitDirect(ctx context.Context, r *runner) bool {
 	if !b.reserveDirect() {
 		return false
 	}
-	if r.tryAcquire() {
+	if r.tryAcquire() || b.awaitSlot(ctx, r) {
 		return true
 	}
+	b.direct.Add(-1)
+	return false
+}
+
+// awaitSlot waits up to slotWait for one of r's slots, unless r counts as
+// slow; a wait that runs out makes it count as slow for slowFor.
+func (b *Broker) awaitSlot(ctx context.Context, r *runner) bool {
 	if time.Now().UnixNano() < r.slowUntil.Load() {
-		b.direct.Add(-1)
 		return false
 	}
 	wait := time.NewTimer(b.cfg.slotWait)
@@ -84,7 +90,6 @@ func (b *Broker) awaitDirect(ctx context.Context, r *runner) bool {
 	case <-ctx.Done():
 	case <-r.ctx.Done():
 	}
-	b.direct.Add(-1)
 	return false
 }
 
