@@ -46,7 +46,8 @@ const (
 	// and the dedup window: JetStream keeps every Nats-Msg-Id of the last 2
 	// minutes, in WEFT_EVENTS and again in WEFT_DELIVERIES, about 128 bytes
 	// each (heap profile: storeMsgIdLocked), so 2 × accepted/s × 120 s × 128 B.
-	// The heap part is doubled for the Go GC's headroom (GOGC=100).
+	// The heap part is multiplied by the Go GC's headroom: weft serve lets
+	// the heap grow to (1 + serveGCPercent/100) × the live heap.
 	overloadConnBytes     = overloadConnections * 64 << 10
 	overloadInflightBytes = overloadInflight * 16 << 10
 	overloadJetStream     = 32 << 20
@@ -130,9 +131,10 @@ spec:
 		t.Errorf("no request was refused: the node was not overloaded (statuses %v)", rep.Statuses)
 	}
 	dedup := int64(2 * rep.AcceptedPerSec * overloadDedupWindow * overloadMsgIDBytes)
-	limit := idle*1024 + 2*(overloadConnBytes+overloadInflightBytes+overloadJetStream+dedup)
-	t.Logf("RSS bound %d MiB: idle %d + 2 × (connections %d + in flight %d + JetStream %d + dedup ids %d) MiB",
-		limit>>20, idle>>10, overloadConnBytes>>20, overloadInflightBytes>>20, overloadJetStream>>20, dedup>>20)
+	live := int64(overloadConnBytes + overloadInflightBytes + overloadJetStream + dedup)
+	limit := idle*1024 + live*(100+serveGCPercent)/100
+	t.Logf("RSS bound %d MiB: idle %d + %.1f × (connections %d + in flight %d + JetStream %d + dedup ids %d) MiB",
+		limit>>20, idle>>10, float64(100+serveGCPercent)/100, overloadConnBytes>>20, overloadInflightBytes>>20, overloadJetStream>>20, dedup>>20)
 	if peak*1024 > limit {
 		t.Errorf("peak RSS %d MiB over the %d MiB bound", peak>>10, limit>>20)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -117,6 +118,9 @@ func isLoopback(addr string) bool {
 func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if pct, ok := gcPercent(os.Getenv); ok {
+		debug.SetGCPercent(pct)
+	}
 	if !isLoopback(o.httpAddr) && g.token == "" {
 		return withCode(exitUsage, fmt.Errorf("--http %s is not loopback: the API can start processes, so set --api-token (or WEFT_API_TOKEN)", o.httpAddr))
 	}
