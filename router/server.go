@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/weft-dev/weft/internal/rawconn"
 )
 
 // h1Server serves an http.Handler over HTTP/1.1 with one goroutine per
@@ -104,7 +106,7 @@ func (s *h1Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := &srvConn{s: s, conn: conn, remote: conn.RemoteAddr().String()}
+		c := &srvConn{s: s, conn: rawconn.Wrap(conn), remote: conn.RemoteAddr().String()}
 		c.state.Store(connActive)
 		s.mu.Lock()
 		if s.shutting.Load() {

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/weft-dev/weft/internal/rawconn"
 )
 
 // h1Transport is the router's client to endpoints: HTTP/1.1 over keep-alive
@@ -279,6 +281,7 @@ func (t *h1Transport) dial(ctx context.Context, tgt target, deadline time.Time) 
 	if err != nil {
 		return nil, err
 	}
+	conn = rawconn.Wrap(conn)
 	pc := &upConn{t: t, key: tgt.key, conn: conn}
 	if tgt.tls {
 		cfg := &tls.Config{}
