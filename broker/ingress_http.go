@@ -11,17 +11,15 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"net/textproto"
 	"os"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	"github.com/cloudevents/sdk-go/v2/event"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 )
 
 // eventStore stores validated events durably; Broker implements it. Store
@@ -478,40 +476,58 @@ func decodeBatch(body []byte) ([]event.Event, error) {
 // decodeBinary builds one binary-mode event from attributes (names without
 // the ce- prefix, values transport-decoded, datacontenttype not among them),
 // the datacontenttype ("" when absent) and the data. The raw values are
-// checked before sdk-go's setters trim them or drop empty ones.
+// checked before sdk-go's setters trim them or drop empty ones. The event is
+// built as sdk-go's binary-mode reader builds it (spec.V1's setters, then
+// SetExtension), without first putting the attributes back into headers for
+// it: that round trip was half of the decoding's time.
 func decodeBinary(attrs map[string]string, contentType string, data []byte) (event.Event, error) {
 	for _, name := range requiredAttrs {
 		if _, ok := attrs[name]; !ok {
 			return event.Event{}, &EventError{Index: -1, Attribute: name, Rule: ruleRequired}
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(attrs)) {
-		if err := checkAttr(-1, name, attrs[name]); err != nil {
-			return event.Event{}, err
+	for name, v := range attrs {
+		if checkAttr(-1, name, v) != nil {
+			return event.Event{}, firstBadAttr(attrs)
 		}
 	}
-	hdr := make(http.Header, len(attrs)+1)
-	for name, v := range attrs {
-		hdr[textproto.CanonicalMIMEHeaderKey("ce-"+name)] = []string{v}
-	}
+	ev := event.New() // specversion 1.0, which checkAttr required
 	if contentType != "" {
 		if err := checkAttr(-1, attrDataCT, contentType); err != nil {
 			return event.Event{}, err
 		}
-		hdr.Set("Content-Type", contentType)
+		ev.SetDataContentType(contentType)
 	}
-	// The attributes only: sdk-go would copy the body into a buffer of its
-	// own; the event takes data as it is, as sdk-go's builder would.
-	msg := cehttp.NewMessage(hdr, nil)
-	ev, err := binding.ToEvent(context.Background(), msg)
-	if err != nil {
-		return event.Event{}, &EventError{Index: -1, Rule: "cannot decode event: " + err.Error()}
+	for name, v := range attrs {
+		if name == attrSpecVersion {
+			continue
+		}
+		var err error
+		if attr := spec.V1.Attribute(name); attr != nil {
+			err = attr.Set(ev.Context, v)
+		} else {
+			err = ev.Context.SetExtension(name, v)
+		}
+		if err != nil {
+			return event.Event{}, &EventError{Index: -1, Rule: "cannot decode event: " + err.Error()}
+		}
 	}
 	if len(data) > 0 {
 		ev.DataEncoded = data
 	}
-	if err := validateEvent(ev, -1); err != nil {
+	if err := validateEvent(&ev, -1); err != nil {
 		return event.Event{}, err
 	}
-	return *ev, nil
+	return ev, nil
+}
+
+// firstBadAttr returns the error of the first attribute, by name, that
+// checkAttr refuses, so that the answer does not depend on a map's order.
+func firstBadAttr(attrs map[string]string) error {
+	for _, name := range slices.Sorted(maps.Keys(attrs)) {
+		if err := checkAttr(-1, name, attrs[name]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
