@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"encoding/json"
 	"testing"
 )
 
@@ -51,4 +52,20 @@ func TestAcceptJSONEventAcceptsTheCommonCase(t *testing.T) {
 			t.Errorf("%s: %v", s, err)
 		}
 	}
+}
+
+// FuzzValidJSON: validJSON answers as json.Valid does, for any input.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `[]`, `""`, `0`, `-0`, `01`, `1.`, `1e`, `1e+`, `-`, `1.5e-3`, `true`, `nul`, ` {"a" : [1, 2 , {"b":null}] } `,
+		`{"a":1,}`, `[1,]`, `[,1]`, `{"a"}`, `{"a":}`, `{,}`, `"\u12"`, `"\u12G4"`, `"\x"`, `"a\tb"`, "\"a\tb\"", "\"\x01\"",
+		`"\/\b\f\n\r\t\\\""`, `{} {}`, `{}x`, "\ufeff{}", "{\"a\":\"\xff\"}", `[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if got, want := validJSON(raw), json.Valid(raw); got != want {
+			t.Fatalf("validJSON = %v, json.Valid = %v for %q", got, want, raw)
+		}
+	})
 }
