@@ -26,16 +26,17 @@ import (
 // once the commit is acknowledged, and none is stored when it is refused.
 // A Store call returns only when every batch holding its events committed.
 //
-// Bounds: a committer sends at once what is queued when no other commit is in
-// flight (so a lone event never waits for companions); while another commit
-// is in flight it waits at most batchWindow after the oldest queued event, or
-// until batchMax events are queued. At most batchCommitters batches are in
-// flight; the server allows 50 per stream (streamMaxAtomicBatchInflightPerStream)
-// and 1000 events per batch (streamMaxAtomicBatchSize).
+// Bounds: one committer at a time sends, as one batch of at most batchMax,
+// what is queued; it sends the next as soon as the last one committed, so a
+// lone event never waits for companions, and events that arrive during a
+// commit wait for that one commit only. One batch in flight, not more: the
+// server stages each batch in a store of its own that costs two synchronous
+// disk writes on the stream's loop, so fewer and larger batches store more
+// (fsync per ack, A/B in both orders: c64 +19.6 %, c256 +11 % against two
+// committers that each sent what was queued within 1 ms). The server allows
+// 1000 events per batch (streamMaxAtomicBatchSize).
 const (
-	batchMax        = 100
-	batchWindow     = time.Millisecond
-	batchCommitters = 2
+	batchMax = 100
 	// atomicMin is the fewest events worth an atomic batch. The server
 	// stages each batch in a file store of its own that it creates, flushes
 	// and deletes, about as long as 16 fsyncs of single messages here
@@ -105,9 +106,8 @@ func (c *storeCall) resolve(err error) {
 type batcher struct {
 	mu         sync.Mutex
 	queue      []storeItem
-	committers int           // goroutines running commitLoop
-	full       chan struct{} // closed when the queue reaches batchMax, if a committer waits
-	prefix     string        // random, so batch ids of different runs never meet
+	committing bool   // a goroutine runs commitLoop
+	prefix     string // random, so batch ids of different runs never meet
 	seq        atomic.Uint64
 
 	atomicBatches atomic.Uint64 // batches committed atomically
@@ -128,19 +128,13 @@ func (b *Broker) batcher() *batcher { return b.batch }
 func (bt *batcher) enqueue(b *Broker, items []storeItem) {
 	bt.mu.Lock()
 	bt.queue = append(bt.queue, items...)
-	if len(bt.queue) >= batchMax && bt.full != nil {
-		close(bt.full)
-		bt.full = nil
-	}
-	start := bt.committers < batchCommitters
-	if start {
-		bt.committers++
-	}
+	start := !bt.committing
+	bt.committing = true
 	bt.mu.Unlock()
 	if start {
-		// Owned by the queue: at most batchCommitters run, each ends as soon
-		// as the queue is empty, and every caller waits for its events, so
-		// none outlives the Store calls that started it.
+		// Owned by the queue: one runs at a time, it ends as soon as the
+		// queue is empty, and every caller waits for its events, so it never
+		// outlives the Store calls that started it.
 		go bt.commitLoop(b)
 	}
 }
@@ -148,31 +142,12 @@ func (bt *batcher) enqueue(b *Broker, items []storeItem) {
 // commitLoop commits queued events batch after batch until the queue is
 // empty.
 func (bt *batcher) commitLoop(b *Broker) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	for {
 		bt.mu.Lock()
 		if len(bt.queue) == 0 {
-			bt.committers--
+			bt.committing = false
 			bt.mu.Unlock()
 			return
-		}
-		if bt.committers > 1 && len(bt.queue) < batchMax {
-			if wait := time.Until(bt.queue[0].at.Add(batchWindow)); wait > 0 {
-				if bt.full == nil {
-					bt.full = make(chan struct{})
-				}
-				full := bt.full
-				bt.mu.Unlock()
-				timer.Reset(wait)
-				select {
-				case <-full:
-					timer.Stop()
-				case <-timer.C:
-				}
-				continue
-			}
 		}
 		n := min(len(bt.queue), batchMax)
 		batch := make([]storeItem, n)
