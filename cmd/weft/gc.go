@@ -6,9 +6,9 @@ package main
 // --dedup-window, over a million small objects with pointers at 10,000
 // events/s, which every collection marks again. Collecting when the heap
 // reaches three times the live heap instead of twice makes that half as
-// frequent: +8.8 % events/s at 64 connections with --relaxed-sync and +6.4 %
-// with fsync per ack at 256 (docs/performance.md), for a peak heap up to
-// 1.5 times larger. 300 gave 3 % more than 200.
+// frequent: +9.6 % events/s at 64 connections with --relaxed-sync and +5.5 %
+// with fsync per ack at 256 (A/B in both orders, docs/performance.md), for a
+// peak heap up to 1.5 times larger. 300 gave 3 % more than 200.
 const serveGCPercent = 200
 
 // gcPercent returns the GC target weft serve sets, and false when GOGC is
