@@ -75,7 +75,6 @@ type storeItem struct {
 	// else "".
 	unmatched string
 	call      *storeCall
-	at        time.Time // when it was queued
 }
 
 // storeCall is one Store call waiting for all its events.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 )
@@ -73,7 +72,6 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 
 	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
 	items := make([]storeItem, len(evs))
-	now := time.Now()
 	version := b.indexVersion.Load() // before the index: see unmatched.go
 	for i := range evs {
 		ev := &evs[i]
@@ -88,7 +86,7 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			release()
 			return fmt.Errorf("encode event %q: %w", ev.ID(), err)
 		}
-		items[i].id, items[i].data, items[i].call, items[i].at = msgID(ev), body, call, now
+		items[i].id, items[i].data, items[i].call = msgID(ev), body, call
 	}
 	// From here the in-flight slots are released as the events resolve
 	// (storeCall.resolve), not when Store returns.
