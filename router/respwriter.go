@@ -137,6 +137,26 @@ func (w *respWriter) Flush() {
 	}
 }
 
+// SetReadDeadline lets a handler bound the reading of its request's body
+// (http.ResponseController); the deadline ends with the request.
+func (w *respWriter) SetReadDeadline(t time.Time) error {
+	if w.c.hijacked {
+		return http.ErrHijacked
+	}
+	w.c.readDeadline = true
+	return w.c.conn.SetReadDeadline(t)
+}
+
+// SetWriteDeadline lets a handler bound the writing of its answer
+// (http.ResponseController); the deadline ends with the request.
+func (w *respWriter) SetWriteDeadline(t time.Time) error {
+	if w.c.hijacked {
+		return http.ErrHijacked
+	}
+	w.c.writeDeadline = true
+	return w.c.conn.SetWriteDeadline(t)
+}
+
 // Hijack implements http.Hijacker.
 func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c := w.c

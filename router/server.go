@@ -40,12 +40,25 @@ type h1Server struct {
 	handler           http.Handler
 	readHeaderTimeout time.Duration // from the first byte of a request to the end of its header
 	log               *slog.Logger
+	// maxHeader bounds a request's header; beyond it the answer is 431.
+	maxHeader int
+	// idleTimeout, when set, closes a keep-alive connection that waited
+	// that long for its next request (idleSweep).
+	idleTimeout time.Duration
+	// elsewhere, when set, picks the requests served by another server:
+	// handOff gives that server the connection, the request's head
+	// included, for the rest of its life.
+	elsewhere func(*http.Request) bool
+	handOff   func(net.Conn) bool
 
 	ln       net.Listener
 	ctx      context.Context // parent of every request's context
 	cancel   context.CancelFunc
 	shutting atomic.Bool
 	wg       sync.WaitGroup // connection goroutines
+	stop     chan struct{}  // closed by Shutdown
+	stopOnce sync.Once
+	sweeper  sync.WaitGroup // idleSweep
 	mu       sync.Mutex
 	conns    map[*srvConn]struct{}
 }
@@ -58,7 +71,7 @@ const (
 	connClosed
 )
 
-// maxHeaderBytes bounds a request's header, as net/http's default
+// maxHeaderBytes bounds a request's header by default, as net/http's default
 // MaxHeaderBytes does.
 const maxHeaderBytes = 1 << 20
 
@@ -74,7 +87,7 @@ var errServerClosed = http.ErrServerClosed
 
 func newH1Server(h http.Handler, readHeaderTimeout time.Duration, log *slog.Logger) *h1Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &h1Server{handler: h, readHeaderTimeout: readHeaderTimeout, log: log, ctx: ctx, cancel: cancel, conns: map[*srvConn]struct{}{}}
+	return &h1Server{handler: h, readHeaderTimeout: readHeaderTimeout, maxHeader: maxHeaderBytes, log: log, ctx: ctx, cancel: cancel, stop: make(chan struct{}), conns: map[*srvConn]struct{}{}}
 }
 
 // Serve accepts connections on ln until Shutdown, then returns
@@ -82,11 +95,17 @@ func newH1Server(h http.Handler, readHeaderTimeout time.Duration, log *slog.Logg
 func (s *h1Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.ln = ln
-	s.mu.Unlock()
 	if s.shutting.Load() {
+		s.mu.Unlock()
 		ln.Close()
 		return errServerClosed
 	}
+	if s.idleTimeout > 0 {
+		// Under s.mu: a Shutdown that began after the check above waits
+		// for it.
+		s.sweeper.Go(s.idleSweep) // owned: s.sweeper; Shutdown closes s.stop and waits
+	}
+	s.mu.Unlock()
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -121,12 +140,37 @@ func (s *h1Server) Serve(ln net.Listener) error {
 	}
 }
 
+// idleSweep closes connections that waited longer than idleTimeout for a
+// request, checking a quarter of idleTimeout apart. A sweep instead of a
+// read deadline per request: that would cost two timer updates per request.
+func (s *h1Server) idleSweep() {
+	t := time.NewTicker(s.idleTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			limit := now.Add(-s.idleTimeout).UnixNano()
+			s.mu.Lock()
+			for c := range s.conns {
+				if c.idleSince.Load() < limit {
+					c.closeIfIdle()
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
 // Shutdown stops accepting, closes idle connections and waits for active
 // ones to finish their request. When ctx ends first, it cancels the
 // requests' contexts, closes every connection and waits for their
 // goroutines.
 func (s *h1Server) Shutdown(ctx context.Context) error {
 	s.shutting.Store(true)
+	s.stopOnce.Do(func() { close(s.stop) })
+	defer s.sweeper.Wait()
 	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
@@ -157,18 +201,24 @@ func (s *h1Server) Shutdown(ctx context.Context) error {
 
 // srvConn is one client connection.
 type srvConn struct {
-	s        *h1Server
-	ctx      context.Context // the requests' context: ends with the connection or a forced shutdown
-	cancel   context.CancelFunc
-	conn     net.Conn
-	remote   string
-	state    atomic.Int32
-	lr       io.LimitedReader // bounds a request's header to maxHeaderBytes
-	base     *http.Request    // every request starts as a copy: the context and remote address
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	w        respWriter // reused for every request of the connection
-	hijacked bool
+	s      *h1Server
+	ctx    context.Context // the requests' context: ends with the connection or a forced shutdown
+	cancel context.CancelFunc
+	conn   net.Conn
+	remote string
+	state  atomic.Int32
+	// idleSince is when the connection began to wait for a request (Unix
+	// nanoseconds); read by idleSweep, which acts only on idle ones.
+	idleSince atomic.Int64
+	// deadlines: the handler set a read or write deadline
+	// (http.ResponseController), cleared once its request is done.
+	readDeadline, writeDeadline bool
+	lr                          io.LimitedReader // bounds a request's header to s.maxHeader
+	base                        *http.Request    // every request starts as a copy: the context and remote address
+	br                          *bufio.Reader
+	bw                          *bufio.Writer
+	w                           respWriter // reused for every request of the connection
+	hijacked                    bool
 }
 
 // closeIfIdle closes the connection if it waits for a request.
@@ -197,10 +247,14 @@ func (c *srvConn) serve() {
 	c.w.header = http.Header{}
 	c.base = (&http.Request{RemoteAddr: c.remote}).WithContext(c.ctx)
 	for {
-		c.lr.N = maxHeaderBytes + 4<<10 // what bufio may read ahead
+		c.lr.N = int64(c.s.maxHeader) + 4<<10 // what bufio may read ahead
 		if c.br.Buffered() == 0 {
 			// Wait for the next request with no deadline: a keep-alive
-			// connection may idle as long as its client likes.
+			// connection may idle as long as its client likes, or until
+			// idleSweep closes it.
+			if c.s.idleTimeout > 0 {
+				c.idleSince.Store(time.Now().UnixNano())
+			}
 			c.state.Store(connIdle)
 			if c.s.shutting.Load() {
 				return
@@ -218,7 +272,7 @@ func (c *srvConn) serve() {
 		if timed {
 			_ = c.conn.SetReadDeadline(time.Now().Add(c.s.readHeaderTimeout))
 		}
-		req, err := c.readRequest()
+		req, head, err := c.readRequest()
 		if err != nil {
 			c.badRequest(err)
 			return
@@ -226,6 +280,10 @@ func (c *srvConn) serve() {
 		c.lr.N = noLimit
 		if timed {
 			_ = c.conn.SetReadDeadline(time.Time{})
+		}
+		if c.s.elsewhere != nil && c.s.elsewhere(req) {
+			c.giveAway(head)
+			return
 		}
 		if !c.handle(req) || c.s.shutting.Load() {
 			return
@@ -240,13 +298,13 @@ func headerBuffered(br *bufio.Reader) bool {
 	return end > 0
 }
 
-// readRequest reads the next request. Its head becomes one string that the
-// request line and every value are cut from; its body, if any, is read
-// from c.br through a reqBody.
-func (c *srvConn) readRequest() (*http.Request, error) {
-	head, buffered, err := readHead(c.br, maxHeaderBytes)
+// readRequest reads the next request and returns it with its head. The
+// head is one string that the request line and every value are cut from;
+// the body, if any, is read from c.br through a reqBody.
+func (c *srvConn) readRequest() (*http.Request, string, error) {
+	head, buffered, err := readHead(c.br, c.s.maxHeader)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	s := string(head)
 	if buffered {
@@ -254,7 +312,7 @@ func (c *srvConn) readRequest() (*http.Request, error) {
 	}
 	req, chunked, err := parseRequest(s, c.base)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	req.Body = http.NoBody
 	if chunked || req.ContentLength > 0 {
@@ -262,8 +320,26 @@ func (c *srvConn) readRequest() (*http.Request, error) {
 		b.r.init(c.br, req.ContentLength, chunked)
 		req.Body = b
 	}
-	return req, nil
+	return req, s, nil
 }
+
+// giveAway hands the connection to the server of requests picked by
+// elsewhere: it reads head, then what c.br holds, then the connection.
+func (c *srvConn) giveAway(head string) {
+	c.hijacked = true // serve's return leaves the connection open
+	hc := &handedConn{Conn: c.conn, r: io.MultiReader(strings.NewReader(head), c.br)}
+	if !c.s.handOff(hc) {
+		c.conn.Close()
+	}
+}
+
+// handedConn is a connection given away with bytes already read from it.
+type handedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // badRequest answers a request that could not be parsed, when the client
 // sent something: 400, or the status the parser chose (431, 501, 505).
@@ -279,7 +355,7 @@ func (c *srvConn) badRequest(err error) {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.As(err, &ne) && ne.Timeout():
 		return
 	}
-	c.s.log.Debug("router: bad request", "remote", c.remote, "err", err)
+	c.s.log.Debug("bad request", "remote", c.remote, "err", err)
 	text := strconv.Itoa(status) + " " + http.StatusText(status)
 	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = io.WriteString(c.conn, "HTTP/1.1 "+text+"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+text)
@@ -319,6 +395,14 @@ func (c *srvConn) handle(req *http.Request) (keep bool) {
 	if err := c.bw.Flush(); err != nil {
 		return false
 	}
+	if c.readDeadline {
+		c.readDeadline = false
+		_ = c.conn.SetReadDeadline(time.Time{})
+	}
+	if c.writeDeadline {
+		c.writeDeadline = false
+		_ = c.conn.SetWriteDeadline(time.Time{})
+	}
 	return !w.closeAfter && !req.Close && req.ProtoAtLeast(1, 1)
 }
 
@@ -331,7 +415,7 @@ func (c *srvConn) serveHandler(req *http.Request) (ok bool) {
 			if v != http.ErrAbortHandler {
 				buf := make([]byte, 16<<10)
 				buf = buf[:runtime.Stack(buf, false)]
-				c.s.log.Error("router: panic serving a request", "remote", c.remote, "panic", fmt.Sprint(v), "stack", string(buf))
+				c.s.log.Error("panic serving a request", "remote", c.remote, "panic", fmt.Sprint(v), "stack", string(buf))
 			}
 		}
 	}()

@@ -241,12 +241,12 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	})
 	reg.MustRegister(refusedConns)
 	ln = node.LimitConnections(ln, o.maxConns, refusedConns.Inc)
-	srv := &http.Server{
+	srv := router.NewHTTPServer(&http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: o.readTimeout,
-		MaxHeaderBytes:    16 << 10, // beyond this Go answers 431
+		MaxHeaderBytes:    16 << 10, // beyond this the answer is 431
 		IdleTimeout:       2 * time.Minute,
-	}
+	}, node.IngressRequest, log.With("component", "http"))
 
 	// The broker stops first and drains its in-flight deliveries; the pool and
 	// the router it delivers through stop only after it returned (or when a

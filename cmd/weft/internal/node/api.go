@@ -42,6 +42,13 @@ type API struct {
 	Log   *slog.Logger
 }
 
+// IngressRequest reports whether r posts CloudEvents to the ingress (POST /
+// or /brokers/{name}): the requests `weft serve` answers on the router's
+// HTTP/1.1 loop rather than through net/http (router.HTTPServer).
+func IngressRequest(r *http.Request) bool {
+	return r.Method == http.MethodPost && (r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/brokers/"))
+}
+
 // Handler builds the node's router.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
