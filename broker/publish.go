@@ -67,9 +67,6 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			return ErrOverloaded
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
-	defer cancel()
-
 	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
 	items := make([]storeItem, len(evs))
 	version := b.indexVersion.Load() // before the index: see unmatched.go
@@ -108,25 +105,36 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			b.commit(b.batcher(), rest[:n])
 			rest = rest[n:]
 		}
-	} else {
-		b.batcher().enqueue(b, items)
+		// Each commit above waited for its acks within PublishTimeout:
+		// the events are resolved, with no timer of this call's own (two
+		// timers per event were 3.7 % of the ingress's CPU).
+		return b.storeResult(call, items)
 	}
+	b.batcher().enqueue(b, items)
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
 	select {
 	case <-call.done:
-		call.mu.Lock()
-		defer call.mu.Unlock()
-		if call.err == nil {
-			n := 0
-			for _, it := range items {
-				n += len(it.data)
-			}
-			b.storedSince.Add(int64(n))
-		}
-		return call.err
+		return b.storeResult(call, items)
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)
 		}
 		return ctx.Err()
 	}
+}
+
+// storeResult is the outcome of a Store call whose events all resolved.
+func (b *Broker) storeResult(call *storeCall, items []storeItem) error {
+	<-call.done
+	call.mu.Lock()
+	defer call.mu.Unlock()
+	if call.err == nil {
+		n := 0
+		for _, it := range items {
+			n += len(it.data)
+		}
+		b.storedSince.Add(int64(n))
+	}
+	return call.err
 }
