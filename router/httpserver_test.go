@@ -28,33 +28,17 @@ func engineOf(w http.ResponseWriter) string {
 
 // startHTTPServer serves std with an HTTPServer on a loopback port until the
 // test ends.
-func startHTTPServer(t *testing.T, std *http.Server) (*HTTPServer, string) {
+func startHTTPServer(t *testing.T, std *http.Server) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := NewHTTPServer(std, hotPath, slog.New(slog.DiscardHandler))
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }() // owned: the cleanup shuts it down and reads done
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return s, ln.Addr().String()
+	return serveUntilCleanup(t, s.Serve, s.Shutdown)
 }
 
 // TestHTTPServerHandsOver: hot requests are served on the router's loop
 // until the first other one, which hands the connection, with everything
 // the client already sent, to net/http for good.
 func TestHTTPServerHandsOver(t *testing.T) {
-	_, addr := startHTTPServer(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := startHTTPServer(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s %s by %s", r.Method, r.URL.Path, b, engineOf(w))
 	})})
@@ -89,7 +73,7 @@ func TestHTTPServerHandsOver(t *testing.T) {
 // its body with http.ResponseController, and the deadline ends with the
 // request: the next request on the connection is read as usual.
 func TestHTTPServerDeadlines(t *testing.T) {
-	_, addr := startHTTPServer(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := startHTTPServer(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		if err := rc.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
 			http.Error(w, "SetReadDeadline: "+err.Error(), http.StatusInternalServerError)
@@ -144,7 +128,7 @@ func TestHTTPServerDeadlines(t *testing.T) {
 // TestHTTPServerIdleTimeout: a keep-alive connection left idle past
 // IdleTimeout is closed on the router's loop as net/http closes its own.
 func TestHTTPServerIdleTimeout(t *testing.T) {
-	_, addr := startHTTPServer(t, &http.Server{IdleTimeout: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := startHTTPServer(t, &http.Server{IdleTimeout: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, engineOf(w))
 	})})
 	for _, req := range []string{"POST /in", "GET /api"} {
@@ -173,7 +157,7 @@ func TestHTTPServerIdleTimeout(t *testing.T) {
 
 // TestHTTPServerHeaderLimit: MaxHeaderBytes holds on the router's loop.
 func TestHTTPServerHeaderLimit(t *testing.T) {
-	_, addr := startHTTPServer(t, &http.Server{MaxHeaderBytes: 1 << 10, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})})
+	addr := startHTTPServer(t, &http.Server{MaxHeaderBytes: 1 << 10, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})})
 	got := rawExchange(t, addr, "POST /in HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 8<<10)+"\r\n\r\n")
 	if !strings.HasPrefix(got, "HTTP/1.1 431 ") {
 		t.Errorf("a header over MaxHeaderBytes: %q, want 431", got[:min(len(got), 40)])

@@ -17,17 +17,25 @@ import (
 // startH1 serves h with h1Server on a loopback port until the test ends.
 func startH1(t *testing.T, h http.Handler) string {
 	t.Helper()
+	s := newH1Server(h, 10*time.Second, slog.New(slog.DiscardHandler))
+	return serveUntilCleanup(t, s.Serve, s.Shutdown)
+}
+
+// serveUntilCleanup runs serve on a loopback listener and returns its
+// address; when the test ends it calls shutdown and checks that both
+// return as a clean shutdown should.
+func serveUntilCleanup(t *testing.T, serve func(net.Listener) error, shutdown func(context.Context) error) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newH1Server(h, 10*time.Second, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }() // owned: the cleanup shuts it down and reads done
+	go func() { done <- serve(ln) }() // owned: the cleanup shuts it down and reads done
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
+		if err := shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
 		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
