@@ -411,3 +411,28 @@ func TestAPIReadiness(t *testing.T) {
 		t.Errorf("status when ready: %v", st)
 	}
 }
+
+// TestIngressRequest: exactly the ingress posts take the router's HTTP/1.1
+// loop; the webhook handshake, the API, probes and metrics stay on net/http.
+func TestIngressRequest(t *testing.T) {
+	for _, c := range []struct {
+		method, target string
+		want           bool
+	}{
+		{http.MethodPost, "/", true},
+		{http.MethodPost, "/brokers/default", true},
+		{http.MethodPost, "/brokers/other", true}, // answered 404 by the ingress itself
+		{http.MethodOptions, "/", false},
+		{http.MethodGet, "/", false},
+		{http.MethodPost, "/api/v1/apply", false},
+		{http.MethodPost, "/api/v1/invoke/f", false},
+		{http.MethodGet, "/metrics", false},
+		{http.MethodGet, "/readyz", false},
+		{http.MethodGet, "/api/v1/functions/f/logs?follow=1", false},
+	} {
+		r := httptest.NewRequest(c.method, c.target, nil)
+		if got := IngressRequest(r); got != c.want {
+			t.Errorf("%s %s: IngressRequest %v, want %v", c.method, c.target, got, c.want)
+		}
+	}
+}
