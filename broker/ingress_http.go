@@ -20,6 +20,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding/format"
 	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/tidwall/gjson"
 )
 
 // eventStore stores validated events durably; Broker implements it. Store
@@ -426,20 +427,34 @@ func decodeFormat(mediaType, charset string, body []byte) ([]event.Event, error)
 }
 
 // decodeStructured decodes one JSON-format event: the wire-form rules first
-// (checkJSONEvent), then sdk-go's decoder, then ValidateEvent's rules. index
-// is the position in a batch or -1.
+// (explainJSONEvent), then sdk-go's decoder, then ValidateEvent's rules; a
+// valid event in one pass (decodeJSONEventFast). index is the position in a
+// batch or -1.
 func decodeStructured(raw []byte, index int) (event.Event, error) {
 	if !utf8.Valid(raw) {
 		return event.Event{}, &EventError{Index: index, Rule: "body must be UTF-8 JSON (RFC 8259)"}
 	}
-	if err := checkJSONEvent(raw, index); err != nil {
-		return event.Event{}, err
+	return decodeUTF8Structured(raw, index, validJSON(raw))
+}
+
+// decodeUTF8Structured is decodeStructured for raw known to be UTF-8, and
+// known to be JSON when valid is true (an element of a valid batch).
+func decodeUTF8Structured(raw []byte, index int, valid bool) (event.Event, error) {
+	var ev event.Event
+	ok := valid
+	if ok {
+		ev, ok = decodeJSONEventFast(raw)
 	}
-	ev := event.New()
-	// Not format.JSON.Unmarshal: it goes through json.Unmarshal, whose
-	// validity pass repeats what checkJSONEvent just did.
-	if err := ev.UnmarshalJSON(raw); err != nil {
-		return event.Event{}, &EventError{Index: index, Rule: "cannot decode event: " + err.Error()}
+	if !ok {
+		if err := explainJSONEvent(raw, index); err != nil {
+			return event.Event{}, err
+		}
+		ev = event.New()
+		// Not format.JSON.Unmarshal: it goes through json.Unmarshal, whose
+		// validity pass repeats what explainJSONEvent just did.
+		if err := ev.UnmarshalJSON(raw); err != nil {
+			return event.Event{}, &EventError{Index: index, Rule: "cannot decode event: " + err.Error()}
+		}
 	}
 	if err := validateEvent(&ev, index); err != nil {
 		return event.Event{}, err
@@ -458,13 +473,21 @@ func decodeBatch(body []byte) ([]event.Event, error) {
 	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '[' {
 		return nil, &EventError{Index: -1, Rule: "batch must be a JSON array of event objects"}
 	}
+	valid := validJSON(body)
 	var elems []json.RawMessage
-	if err := json.Unmarshal(body, &elems); err != nil {
+	if valid {
+		// gjson splits a valid array without a second pass over it
+		// (encoding/json's was half of a batch's decoding).
+		gjson.Parse(string(body)).ForEach(func(_, elem gjson.Result) bool {
+			elems = append(elems, json.RawMessage(elem.Raw))
+			return true
+		})
+	} else if err := json.Unmarshal(body, &elems); err != nil {
 		return nil, &EventError{Index: -1, Rule: "malformed JSON: " + err.Error()}
 	}
 	evs := make([]event.Event, 0, len(elems))
 	for i, raw := range elems {
-		ev, err := decodeStructured(raw, i)
+		ev, err := decodeUTF8Structured(raw, i, valid)
 		if err != nil {
 			return nil, err
 		}

@@ -342,7 +342,7 @@ func isHex(c byte) bool {
 	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
 }
 
-// checkJSONEvent checks the wire form of one JSON-format event (CloudEvents
+// explainJSONEvent checks the wire form of one JSON-format event (CloudEvents
 // JSON format 1.0.2) before sdk-go decodes it, for what its decoder loses or
 // accepts: duplicate members, upper-case names (lower-cased silently), an
 // empty subject or datacontenttype (dropped), an unparsable dataschema
@@ -350,18 +350,9 @@ func isHex(c byte) bool {
 // arrays or non-integral numbers (1.5 becomes 1), and trailing bytes. A
 // JSON null is an absent attribute.
 //
-// Most events are valid: acceptJSONEvent accepts those in one cheap pass,
-// and only what it does not accept is walked here, which also words the
-// error.
-func checkJSONEvent(raw []byte, index int) error {
-	if acceptJSONEvent(raw) {
-		return nil
-	}
-	return explainJSONEvent(raw, index)
-}
-
-// explainJSONEvent is checkJSONEvent's thorough pass: it finds the first
-// rule raw breaks, or returns nil.
+// Most events are valid: decodeJSONEventFast decodes those in one cheap
+// pass, and only what it leaves is walked here, which also words the error.
+// It finds the first rule raw breaks, or returns nil.
 func explainJSONEvent(raw []byte, index int) error {
 	fail := func(attr, rule string) error { return &EventError{Index: index, Attribute: attr, Rule: rule} }
 	malformed := func(err error) error {

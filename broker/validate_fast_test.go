@@ -2,18 +2,22 @@ package broker
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
+
+	"github.com/cloudevents/sdk-go/v2/event"
 )
 
-// FuzzAcceptJSONEvent: the fast check never accepts what the thorough one
-// refuses, so an error's wording and every rule stay explainJSONEvent's.
-func FuzzAcceptJSONEvent(f *testing.F) {
+// FuzzDecodeJSONEventFast: the fast decoder never accepts what the thorough
+// path refuses, so an error's wording and every rule stay explainJSONEvent's,
+// and what it accepts it decodes exactly as sdk-go's decoder does.
+func FuzzDecodeJSONEventFast(f *testing.F) {
 	for _, c := range append(append([]ingressCase(nil), goodIngressCases...), badIngressCases...) {
 		if c.headers["Content-Type"] == "application/cloudevents+json" && len(c.body) <= 4<<10 {
 			f.Add([]byte(c.body))
 		}
 	}
-	for _, s := range []string{
+	for _, s := range append(fastDecodedEvents,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"text/plain","data":"x"}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","data":null,"data_base64":"eA=="}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","id":"g"}`,
@@ -25,28 +29,52 @@ func FuzzAcceptJSONEvent(f *testing.F) {
 		`{"specversion":"1.0","id":"f","source":"/f","type":null}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t"} {}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","subject":""}`,
-	} {
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","data_base64":"e\u0041=="}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"text/plain","data":{"a":1}}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"text/plain","data":"a\nb\u00e9"}`,
+		`{"data":"x","datacontenttype":"text/plain","specversion":"1.0","id":"f","source":"/f","type":"t"}`,
+		`{"specversion":"1.0","data":[1],"datacontenttype":"application/json;charset=utf-8","id":"f","source":"/f","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"not a type","data":{"a":1}}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","dataschema":"https://example.com/s","n":-7,"b":false}`,
+	) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		if acceptJSONEvent(raw) {
-			if err := explainJSONEvent(raw, -1); err != nil {
-				t.Fatalf("accepted by the fast check, refused by the thorough one: %v\n%s", err, raw)
-			}
+		if !validJSON(raw) {
+			return // decodeJSONEventFast's precondition
+		}
+		got, ok := decodeJSONEventFast(raw)
+		if !ok {
+			return
+		}
+		if err := explainJSONEvent(raw, -1); err != nil {
+			t.Fatalf("decoded by the fast path, refused by the thorough one: %v\n%s", err, raw)
+		}
+		want := event.New()
+		if err := want.UnmarshalJSON(raw); err != nil {
+			t.Fatalf("decoded by the fast path, refused by sdk-go: %v\n%s", err, raw)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("fast path and sdk-go differ for %s:\nfast:   %#v\nsdk-go: %#v", raw, got, want)
 		}
 	})
 }
 
-// TestAcceptJSONEventAcceptsTheCommonCase: a plain valid event takes the fast
-// path (otherwise it saves nothing).
-func TestAcceptJSONEventAcceptsTheCommonCase(t *testing.T) {
-	for _, s := range []string{
-		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"application/json","data":{"a":[1,2,{"b":null}]}}`,
-		`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"2026-11-27T18:00:00Z","subject":"s","knativebrokerttl":255,"flag":true}`,
-		`{"specversion":"1.0","id":"f","source":"/f","type":"t","data_base64":"eA=="}`,
-	} {
-		if !acceptJSONEvent([]byte(s)) {
-			t.Errorf("not accepted by the fast check: %s", s)
+// fastDecodedEvents are valid events as publishers commonly send them.
+var fastDecodedEvents = []string{
+	`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"application/json","data":{"a":[1,2,{"b":null}]}}`,
+	`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"2026-11-27T18:00:00Z","subject":"s","knativebrokerttl":255,"flag":true}`,
+	`{"specversion":"1.0","id":"f","source":"/f","type":"t","data_base64":"eA=="}`,
+	`{"id":"f","source":"https://example.com/a?b=c","type":"t","specversion":"1.0","data":"plain JSON string"}`,
+	`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"text/plain; charset=utf-8","data":"x\"y"}`,
+}
+
+// TestDecodeJSONEventFastTakesTheCommonCase: a plain valid event takes the
+// fast path (otherwise it saves nothing).
+func TestDecodeJSONEventFastTakesTheCommonCase(t *testing.T) {
+	for _, s := range fastDecodedEvents {
+		if _, ok := decodeJSONEventFast([]byte(s)); !ok {
+			t.Errorf("not decoded by the fast path: %s", s)
 		}
 		if err := explainJSONEvent([]byte(s), -1); err != nil {
 			t.Errorf("%s: %v", s, err)
