@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // IngressHandler serves the CloudEvents HTTP ingress (POST / and
@@ -30,8 +31,9 @@ func (b *Broker) IngressHandler() http.Handler {
 // finish: it is either stored concurrently or answered 429.
 func (b *Broker) startNATSIngress(ctx context.Context, c *conn) (*ingressSub, error) {
 	s := &ingressSub{
-		b: b, ctx: ctx,
-		slots: make(chan struct{}, b.cfg.MaxInflight),
+		b: b, ctx: context.WithoutCancel(ctx),
+		received: b.metrics.Received.WithLabelValues("nats"),
+		slots:    make(chan struct{}, b.cfg.MaxInflight),
 		// A burst outruns the handlers (each stores a message or answers
 		// 429); the reader drops a message (the publisher's request times
 		// out) only when this is full.
@@ -69,15 +71,16 @@ const natsIngressQueue = 64 << 10
 const ingressHandlersIdle = 64
 
 type ingressSub struct {
-	b     *Broker
-	ctx   context.Context // the broker's run; stores outlive it (they are acknowledged)
-	sub   *nats.Subscription
-	msgs  chan *nats.Msg // filled by the connection's reader
-	slots chan struct{}  // messages being stored
-	quit  chan struct{}  // closed by stop: idle handlers exit
-	idle  atomic.Int32   // handlers waiting for a message
-	wg    sync.WaitGroup // every handler
-	once  sync.Once
+	b        *Broker
+	ctx      context.Context // the broker's run, without its cancellation: stores outlive it (they are acknowledged)
+	received prometheus.Counter
+	sub      *nats.Subscription
+	msgs     chan *nats.Msg // filled by the connection's reader
+	slots    chan struct{}  // messages being stored
+	quit     chan struct{}  // closed by stop: idle handlers exit
+	idle     atomic.Int32   // handlers waiting for a message
+	wg       sync.WaitGroup // every handler
+	once     sync.Once
 }
 
 // startHandler starts one more handler goroutine, counted idle.
@@ -112,9 +115,9 @@ func (s *ingressSub) take(msg *nats.Msg) {
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
-		s.b.handleNATSIngress(s.ctx, msg)
+		s.b.handleNATSIngress(s.ctx, s.received, msg)
 	default:
-		s.b.metrics.Received.WithLabelValues("nats").Inc()
+		s.received.Inc()
 		s.b.metrics.Rejected.WithLabelValues(rejectReason(ErrOverloaded)).Inc()
 		if msg.Reply != "" {
 			_ = msg.Respond(natsAck(0, ErrOverloaded))
@@ -131,11 +134,13 @@ func (s *ingressSub) stop() {
 	})
 }
 
-func (b *Broker) handleNATSIngress(ctx context.Context, msg *nats.Msg) {
-	b.metrics.Received.WithLabelValues("nats").Inc()
+// handleNATSIngress stores one message's events; ctx must not end before the
+// store does (an acknowledged store is one the publisher may rely on).
+func (b *Broker) handleNATSIngress(ctx context.Context, received prometheus.Counter, msg *nats.Msg) {
+	received.Inc()
 	evs, err := decodeNATSMsg(msg)
 	if err == nil {
-		err = b.Store(context.WithoutCancel(ctx), evs)
+		err = b.Store(ctx, evs)
 	}
 	if err != nil {
 		b.metrics.Rejected.WithLabelValues(rejectReason(err)).Inc()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/cloudevents/sdk-go/v2/binding/format"
@@ -125,18 +126,16 @@ func natsHeaders(hdr nats.Header) (natsHeaderSet, error) {
 // code is the status the HTTP ingress would answer; statuses that only exist
 // over HTTP (408, 413, 415) are reported as 400.
 func natsAck(n int, err error) []byte {
-	var b []byte
 	if err == nil {
-		b, _ = json.Marshal(struct {
-			Stored int `json:"stored"`
-		}{n})
-		return b
+		// Not json.Marshal: the common answer needs no reflection.
+		b := append([]byte(`{"stored":`), strconv.Itoa(n)...)
+		return append(b, '}')
 	}
 	code, _ := ingressStatus(err)
 	if code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable {
 		code = http.StatusBadRequest
 	}
-	b, _ = json.Marshal(struct {
+	b, _ := json.Marshal(struct {
 		Error string `json:"error"`
 		Code  int    `json:"code"`
 	}{err.Error(), code}) // Marshal of a string and an int cannot fail
