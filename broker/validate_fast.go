@@ -42,7 +42,7 @@ func decodeJSONEventFast(raw []byte) (event.Event, bool) {
 	)
 	doc.ForEach(func(key, value gjson.Result) bool {
 		name := key.Str
-		if strings.IndexByte(key.Raw, '\\') >= 0 || !utf8.ValidString(name) || slices.Contains(names, name) {
+		if len(names) == maxFastMembers || strings.IndexByte(key.Raw, '\\') >= 0 || !utf8.ValidString(name) || slices.Contains(names, name) {
 			ok = false
 			return false
 		}
@@ -91,6 +91,10 @@ func decodeJSONEventFast(raw []byte) (event.Event, bool) {
 	}
 	return ev, true
 }
+
+// maxFastMembers bounds the members decodeJSONEventFast takes, whose check
+// for duplicates is quadratic; an event with more takes the thorough path.
+const maxFastMembers = 64
 
 // jsonString is the text of a JSON string (raw, quotes included) as sdk-go's
 // decoder reads it; jsoniter only where there are escapes to undo, since

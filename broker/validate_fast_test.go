@@ -2,7 +2,9 @@ package broker
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -96,4 +98,26 @@ func FuzzValidJSON(f *testing.F) {
 			t.Fatalf("validJSON = %v, json.Valid = %v for %q", got, want, raw)
 		}
 	})
+}
+
+// TestDecodeJSONEventFastLeavesManyMembers: an event with more members than
+// the fast path checks for duplicates still decodes, the thorough way.
+func TestDecodeJSONEventFastLeavesManyMembers(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"specversion":"1.0","id":"f","source":"/f","type":"t"`)
+	for i := range maxFastMembers {
+		fmt.Fprintf(&b, `,"x%d":%d`, i, i)
+	}
+	b.WriteString("}")
+	raw := []byte(b.String())
+	if _, ok := decodeJSONEventFast(raw); ok {
+		t.Fatalf("the fast path took an event of %d members", maxFastMembers+4)
+	}
+	ev, err := decodeStructured(raw, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(ev.Extensions()); got != maxFastMembers {
+		t.Fatalf("%d extensions decoded, want %d", got, maxFastMembers)
+	}
 }
