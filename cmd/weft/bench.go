@@ -35,10 +35,10 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Load generator: weft against a reference measured in the same run (throughput, latency percentiles, ratio)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, router, footprint, e2e, scale)"))
+			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, nats, router, footprint, e2e, scale, load)"))
 		},
 	}
-	cmd.AddCommand(newBenchIngestCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g),
+	cmd.AddCommand(newBenchIngestCmd(g), newBenchNATSCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g),
 		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchWorkerCmd())
 	return cmd
 }
@@ -272,7 +272,7 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	}
 	var jsSides []jsSide
 	if cfg.JetStream {
-		js, err := startJetStreamRef(ctx, cfg.Relaxed)
+		js, err := startJetStreamRef(ctx, cfg.Relaxed, false)
 		if err != nil {
 			return nil, err
 		}
@@ -284,7 +284,7 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 		rep.JetStream = &benchSide{Target: "embedded JetStream, " + mode}
 		jsSides = append(jsSides, jsSide{js, rep.JetStream})
 		if cfg.RelaxedServer != "" {
-			jsr, err := startJetStreamRef(ctx, true)
+			jsr, err := startJetStreamRef(ctx, true, false)
 			if err != nil {
 				return nil, err
 			}
@@ -714,12 +714,6 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	load := func(v float64) string {
-		if v < 0 {
-			return "unknown"
-		}
-		return strconv.FormatFloat(v, 'f', 2, 64)
-	}
 	if j := r.JetStream; j != nil {
 		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
 			j.Target, num(j.EventsPerSec), lat(j.P50ms), lat(j.P99ms), rat(r.Ratio.EventsPerSecJetStream))
@@ -741,9 +735,7 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
 	}
-	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
-		load(r.Machine.Load1Start), load(r.Machine.Load1End), r.Date.Format(time.RFC3339))
-	return err
+	return writeMachine(w, r.Machine, r.Date)
 }
 
 // loadavg1 is the 1-minute load average from /proc/loadavg, or -1 where

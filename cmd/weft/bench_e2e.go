@@ -273,7 +273,7 @@ spec:
 	}
 	defer stopRef()
 	rep.HTTP.Target = ref + "/ (bare Go HTTP server answering 202)"
-	js, err := startJetStreamRef(ctx, false)
+	js, err := startJetStreamRef(ctx, false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -670,9 +670,7 @@ func (r *e2eReport) writeTable(w io.Writer) error {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
 	}
 	writeGoals(w, "goal 4 (issue 5):", r.Goals)
-	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
-		loadString(r.Machine.Load1Start), loadString(r.Machine.Load1End), r.Date.Format(time.RFC3339))
-	return err
+	return writeMachine(w, r.Machine, r.Date)
 }
 
 // writeGoals prints goal checks under title.

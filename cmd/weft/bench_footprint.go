@@ -385,7 +385,5 @@ func (r *footprintReport) writeTable(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  %-52s %s\n", g.Criterion, verdict)
 	}
-	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
-		loadString(r.Machine.Load1Start), loadString(r.Machine.Load1End), r.Date.Format(time.RFC3339))
-	return err
+	return writeMachine(w, r.Machine, r.Date)
 }

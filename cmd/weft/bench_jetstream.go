@@ -29,12 +29,18 @@ type jetStreamRef struct {
 	js  jetstream.JetStream
 }
 
-func startJetStreamRef(ctx context.Context, relaxed bool) (*jetStreamRef, error) {
+// startJetStreamRef starts the reference, reached in-process or, with
+// overTCP, over a loopback TCP connection (as a node's NATS ingress is).
+func startJetStreamRef(ctx context.Context, relaxed, overTCP bool) (*jetStreamRef, error) {
 	dir, err := os.MkdirTemp("", "weft-bench-js")
 	if err != nil {
 		return nil, fmt.Errorf("jetstream reference: %w", err)
 	}
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, DontListen: true, NoSigs: true, NoLog: true, SyncAlways: !relaxed})
+	opts := &server.Options{JetStream: true, StoreDir: dir, DontListen: !overTCP, NoSigs: true, NoLog: true, SyncAlways: !relaxed}
+	if overTCP {
+		opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("jetstream reference: %w", err)
@@ -45,7 +51,12 @@ func startJetStreamRef(ctx context.Context, relaxed bool) (*jetStreamRef, error)
 		ref.stop()
 		return nil, fmt.Errorf("jetstream reference: server not ready")
 	}
-	if ref.nc, err = nats.Connect("", nats.InProcessServer(ns)); err != nil {
+	if overTCP {
+		ref.nc, err = nats.Connect(ns.ClientURL())
+	} else {
+		ref.nc, err = nats.Connect("", nats.InProcessServer(ns))
+	}
+	if err != nil {
 		ref.stop()
 		return nil, fmt.Errorf("jetstream reference: %w", err)
 	}

@@ -569,8 +569,13 @@ func (r *routerReport) writeTable(w io.Writer) error {
 			fmt.Fprintf(w, "%s's first failure: %s\n", s.Name, s.FirstError)
 		}
 	}
-	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
-		loadString(r.Machine.Load1Start), loadString(r.Machine.Load1End), r.Date.Format(time.RFC3339))
+	return writeMachine(w, r.Machine, r.Date)
+}
+
+// writeMachine prints the machine line that ends every bench's table.
+func writeMachine(w io.Writer, m machineInfo, date time.Time) error {
+	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", m.CPUs, m.GOOS, m.GOARCH,
+		loadString(m.Load1Start), loadString(m.Load1End), date.Format(time.RFC3339))
 	return err
 }
 

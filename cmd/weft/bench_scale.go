@@ -462,7 +462,5 @@ func (r *scaleReport) writeTable(w io.Writer) error {
 		}
 	}
 	writeGoals(w, "goal 7 (issue 5):", r.Goals)
-	_, err := fmt.Fprintf(w, "\nmachine: %d CPUs %s/%s, 1-min load %s before, %s after; %s\n", r.Machine.CPUs, r.Machine.GOOS, r.Machine.GOARCH,
-		loadString(r.Machine.Load1Start), loadString(r.Machine.Load1End), r.Date.Format(time.RFC3339))
-	return err
+	return writeMachine(w, r.Machine, r.Date)
 }

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -205,6 +206,8 @@ func TestBenchIngestUsage(t *testing.T) {
 		{"ingest", "--concurrency", "0"},
 		{"ingest", "--mode", "batch", "--batch", "0"},
 		{"ingest", "--relaxed-sync", "--relaxed-server", "http://127.0.0.1:1"},
+		{"nats", "--concurrency", "0"},
+		{"nats", "--rounds", "0"},
 		{},
 	} {
 		g := &globals{server: "http://127.0.0.1:1", output: "table", stdout: io.Discard, stderr: io.Discard}
@@ -239,7 +242,7 @@ func TestPercentileAndMedian(t *testing.T) {
 // TestJetStreamReference: the embedded JetStream reference publishes,
 // measures and cleans up after itself.
 func TestJetStreamReference(t *testing.T) {
-	ref, err := startJetStreamRef(context.Background(), false)
+	ref, err := startJetStreamRef(context.Background(), false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,5 +477,68 @@ func TestBenchChildrenDieWithTheBench(t *testing.T) {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			t.Fatalf("process %d still runs 10 s after its bench was killed (%v)", pid, err)
 		}
+	}
+}
+
+// TestBenchNATS runs `weft bench nats` briefly against a real node's NATS
+// ingress and the embedded JetStream reference: both sides store events, the
+// node stored every event it acknowledged, and the report parses.
+func TestBenchNATS(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	manifests := filepath.Join(dir, "manifests")
+	if err := os.Mkdir(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, manifests, filepath.Join(dir, "data"), "--relaxed-sync")
+	var out bytes.Buffer
+	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"nats", "--url", "nats://" + n.nats, "--relaxed-sync", "--duration", "500ms", "--rounds", "2", "--concurrency", "4", "--size", "128"})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var rep natsReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
+	}
+	for name, s := range map[string]benchSide{"weft": rep.Weft, "reference": rep.Reference} {
+		if s.Accepted == 0 || s.EventsPerSec <= 0 || len(s.Rounds) != 2 {
+			t.Errorf("%s: nothing measured: %+v", name, s.loadStats)
+		}
+		if s.Errors+s.Status429+s.Status503+s.StatusOther != 0 {
+			t.Errorf("%s: unexpected failures: %s", name, s.failures())
+		}
+		if !(0 < s.P50ms && s.P50ms <= s.P99ms && s.P99ms <= s.MaxMs) {
+			t.Errorf("%s: percentiles out of order: %+v", name, s.loadStats)
+		}
+	}
+	if len(rep.Goals) != 1 || !rep.Goals[0].Measured || rep.Goals[0].Got != rep.Ratio.EventsPerSec || rep.Ratio.EventsPerSec <= 0 {
+		t.Errorf("goal 2b not checked: %+v, ratio %+v", rep.Goals, rep.Ratio)
+	}
+	// Every acknowledged event has a new id, so the node stored each one.
+	if stored := metricSum(t, n, "weft_events_stored_total"); stored != float64(rep.Weft.Accepted) {
+		t.Errorf("node stored %v events, bench counted %d acknowledged", stored, rep.Weft.Accepted)
+	}
+	var table bytes.Buffer
+	if err := rep.writeTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"events/s", "weft/ref", "2b.", "CPUs"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+// TestBenchNATSUnreachable: a NATS URL nothing listens on exits 6 at once.
+func TestBenchNATSUnreachable(t *testing.T) {
+	g := &globals{server: "http://127.0.0.1:1", output: "table", stdout: io.Discard, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"nats", "--url", "nats://" + testutil.RefusingAddr(t), "--duration", "100ms", "--rounds", "1"})
+	err := cmd.ExecuteContext(t.Context())
+	var ee *exitErr
+	if !errors.As(err, &ee) || ee.code != exitUnreachable {
+		t.Fatalf("err = %v, want exit %d", err, exitUnreachable)
 	}
 }

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+)
+
+// natsConfig is one `weft bench nats` run: issue 5's goal 2b, the node's
+// NATS ingress against JetStream publishes of the same bytes.
+type natsConfig struct {
+	URL         string        // the node's NATS ingress (weft serve --nats)
+	Subject     string        // where events are published, under weft.in.
+	Duration    time.Duration // length of one round on one side
+	Concurrency int           // closed-loop publishers sharing one connection
+	Size        int           // bytes of event data per event
+	Rounds      int           // rounds; each runs weft then the reference
+	Relaxed     bool          // the reference syncs on an interval, as a node run with --relaxed-sync
+}
+
+func (c natsConfig) validate() error {
+	switch {
+	case c.Duration <= 0:
+		return fmt.Errorf("--duration %s: want more than 0", c.Duration)
+	case c.Concurrency < 1:
+		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
+	case c.Size < 0:
+		return fmt.Errorf("--size %d: want 0 or more", c.Size)
+	case c.Rounds < 1:
+		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
+	}
+	return nil
+}
+
+// natsRequestTimeout bounds one publish's wait for its acknowledgement.
+const natsRequestTimeout = 10 * time.Second
+
+func newBenchNATSCmd(g *globals) *cobra.Command {
+	c := natsConfig{URL: "nats://127.0.0.1:4222", Subject: "weft.in.bench", Duration: 10 * time.Second, Concurrency: 16, Size: 1024, Rounds: 3}
+	cmd := &cobra.Command{
+		Use:   "nats [--url nats://127.0.0.1:4222] [--duration 10s] [--concurrency 16] [--size 1024] [--rounds 3] [--relaxed-sync]",
+		Short: "NATS ingress throughput and publish→ack latency, against JetStream publishes of the same events",
+		Long: `Closed loop: --concurrency publishers on one connection each publish a
+structured CloudEvent (unique id) to the node's NATS ingress as a request, and
+wait for its acknowledgement after storage, for --duration. The reference is
+JetStream alone, embedded in this process and reached over loopback TCP as the
+node is, synced as the node is (fsync before every ack, or on an interval with
+--relaxed-sync): the same publishers publish the same bytes with a
+Nats-Msg-Id and wait for each PubAck. Rounds interleave weft and the reference;
+the table shows medians over rounds and the ratio weft ÷ reference (issue 5's
+goal 2b asks at least 0.8 with interval fsync).
+
+Answers {"code":429} and {"code":503} are counted apart, as are other refusals
+and transport errors (a timeout, no responders). Exit 1 when weft acknowledged
+nothing, 6 when its NATS port cannot be reached.`,
+		Example: `  weft bench nats --relaxed-sync --concurrency 64 --duration 4s
+  weft bench nats --url nats://10.0.0.5:4222 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			return runBench(g, c.validate,
+				func(progress io.Writer) (*natsReport, error) { return benchNATS(ctx, c, progress) },
+				func(rep *natsReport) string {
+					if rep.Weft.Accepted > 0 {
+						return ""
+					}
+					return fmt.Sprintf("weft acknowledged no event (%s)", rep.Weft.failures())
+				})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.URL, "url", c.URL, "URL of the node's NATS ingress (weft serve --nats)")
+	f.DurationVar(&c.Duration, "duration", c.Duration, "length of each round on each side")
+	f.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "concurrent closed-loop publishers")
+	f.IntVar(&c.Size, "size", c.Size, "bytes of event data per event")
+	f.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds; each measures weft then the reference")
+	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync (goal 2b)")
+	return cmd
+}
+
+// natsReport is what `weft bench nats` prints, as a table or -o json.
+type natsReport struct {
+	Scenario    string    `json:"scenario"`
+	Date        time.Time `json:"date"`
+	Sync        string    `json:"sync"` // of the reference: "fsync before every ack" or "interval fsync"
+	Size        int       `json:"size"`
+	Concurrency int       `json:"concurrency"`
+	Duration    string    `json:"duration"`
+	Rounds      int       `json:"rounds"`
+	Weft        benchSide `json:"weft"`
+	Reference   benchSide `json:"reference"`
+	// Ratio is weft ÷ reference of the medians: above 1 is better for
+	// throughput, below 1 for latency. Zero when undefined.
+	Ratio struct {
+		EventsPerSec float64 `json:"events_per_sec"`
+		P50          float64 `json:"p50"`
+		P99          float64 `json:"p99"`
+	} `json:"ratio"`
+	Goals   []goalCheck `json:"goals,omitempty"`
+	Machine machineInfo `json:"machine"`
+}
+
+// benchNATS runs cfg's rounds against the node's NATS ingress and a
+// JetStream reference it starts itself, interleaved, and summarizes them.
+func benchNATS(ctx context.Context, cfg natsConfig, progress io.Writer) (*natsReport, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(cfg.URL, nats.Name("weft bench nats"), nats.MaxReconnects(0))
+	if err != nil {
+		return nil, withCode(exitUnreachable, fmt.Errorf("bench nats: %s: %w", cfg.URL, err))
+	}
+	defer nc.Close()
+	js, err := startJetStreamRef(ctx, cfg.Relaxed, true)
+	if err != nil {
+		return nil, err
+	}
+	defer js.stop()
+	rep := &natsReport{Scenario: "nats", Date: time.Now().UTC().Truncate(time.Second), Sync: "fsync before every ack",
+		Size: cfg.Size, Concurrency: cfg.Concurrency, Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
+		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+	if cfg.Relaxed {
+		rep.Sync = "interval fsync"
+	}
+	rep.Weft.Target = cfg.URL + " " + cfg.Subject
+	rep.Reference.Target = "embedded JetStream over TCP, " + rep.Sync
+	sides := []struct {
+		name    string
+		side    *benchSide
+		publish natsPublish
+	}{
+		{"weft", &rep.Weft, weftPublish(nc, cfg.Subject)},
+		{"reference", &rep.Reference, jetStreamPublish(js.js)},
+	}
+	for r := 1; r <= cfg.Rounds; r++ {
+		for _, s := range sides {
+			runID, err := uuid.NewV7()
+			if err != nil {
+				return nil, fmt.Errorf("generate run id: %w", err)
+			}
+			st := runNATSLoad(ctx, cfg, runID.String(), s.publish, func(sent int64, elapsed time.Duration) {
+				if progress != nil {
+					fmt.Fprintf(progress, "\r\033[Kbench nats: round %d/%d, %s: %.1fs, %d events", r, cfg.Rounds, s.name, elapsed.Seconds(), sent)
+				}
+			})
+			s.side.Rounds = append(s.side.Rounds, st)
+		}
+	}
+	if progress != nil {
+		fmt.Fprint(progress, "\r\033[K")
+	}
+	rep.Machine.Load1End = loadavg1()
+	rep.Weft.summarize()
+	rep.Reference.summarize()
+	rep.Ratio.EventsPerSec = ratio(rep.Weft.EventsPerSec, rep.Reference.EventsPerSec)
+	rep.Ratio.P50 = ratio(rep.Weft.P50ms, rep.Reference.P50ms)
+	rep.Ratio.P99 = ratio(rep.Weft.P99ms, rep.Reference.P99ms)
+	if cfg.Relaxed {
+		rep.Goals = []goalCheck{newGoalCheck("2b. NATS ingress ≥ 0.8 × raw JetStream publish", rep.Ratio.EventsPerSec, 0.8, "×", true,
+			rep.Weft.Accepted > 0 && rep.Reference.Accepted > 0)}
+	}
+	return rep, nil
+}
+
+// natsPublish publishes one event and waits for its acknowledgement.
+type natsPublish func(ctx context.Context, id string, event []byte) natsOutcome
+
+// natsOutcome classifies one publish as loadStats counts it.
+type natsOutcome struct {
+	code int   // 0 stored; else the refusal's code (429, 503, 400…)
+	err  error // a refusal's message, or a transport error (code 0)
+}
+
+// weftPublish publishes to the node's NATS ingress as a request and reads
+// its acknowledgement: {"stored":n} or {"error":…, "code":…}.
+func weftPublish(nc *nats.Conn, subject string) natsPublish {
+	return func(ctx context.Context, _ string, event []byte) natsOutcome {
+		ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
+		defer cancel()
+		reply, err := nc.RequestWithContext(ctx, subject, event)
+		if err != nil {
+			return natsOutcome{err: err}
+		}
+		var ack struct {
+			Stored *int   `json:"stored"`
+			Error  string `json:"error"`
+			Code   int    `json:"code"`
+		}
+		switch err := json.Unmarshal(reply.Data, &ack); {
+		case err != nil:
+			return natsOutcome{err: fmt.Errorf("acknowledgement %q: %w", reply.Data, err)}
+		case ack.Stored != nil && *ack.Stored == 1:
+			return natsOutcome{}
+		case ack.Code != 0:
+			return natsOutcome{code: ack.Code, err: errors.New(ack.Error)}
+		default:
+			return natsOutcome{err: fmt.Errorf("unexpected acknowledgement %s", reply.Data)}
+		}
+	}
+}
+
+// jetStreamPublish publishes the same bytes to the reference's stream with
+// the event's id as Nats-Msg-Id and waits for the PubAck.
+func jetStreamPublish(js jetstream.JetStream) natsPublish {
+	return func(ctx context.Context, id string, event []byte) natsOutcome {
+		ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
+		defer cancel()
+		if _, err := js.Publish(ctx, "bench.events", event, jetstream.WithMsgID(id)); err != nil {
+			return natsOutcome{err: err}
+		}
+		return natsOutcome{}
+	}
+}
+
+// runNATSLoad drives publish with cfg.Concurrency closed-loop publishers
+// for cfg.Duration, each event a structured CloudEvent with a new id.
+func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish natsPublish, tick func(sent int64, elapsed time.Duration)) loadStats {
+	gen := newEventGen(ingestConfig{Size: cfg.Size, Mode: "structured"}, runID)
+	var (
+		st       loadStats
+		mu       sync.Mutex
+		lat      []time.Duration
+		sent     atomic.Int64
+		firstErr atomic.Value
+		counts   [5]atomic.Int64 // 429, 503, other refusals, transport errors, all
+	)
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	stopTicks := make(chan struct{})
+	var ticker sync.WaitGroup
+	ticker.Go(func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopTicks:
+				return
+			case <-t.C:
+				tick(sent.Load(), time.Since(start))
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			var mine []time.Duration
+			var buf []byte
+			for seq := 0; time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
+				buf = gen.structured(buf[:0], w, seq, 0)
+				id := string(gen.id(nil, w, seq, 0))
+				t0 := time.Now()
+				out := publish(ctx, id, buf)
+				sent.Add(1)
+				counts[4].Add(1)
+				if out.err == nil {
+					mine = append(mine, time.Since(t0))
+					continue
+				}
+				switch out.code {
+				case 429:
+					counts[0].Add(1)
+				case 503:
+					counts[1].Add(1)
+				case 0:
+					counts[3].Add(1)
+				default:
+					counts[2].Add(1)
+				}
+				firstErr.CompareAndSwap(nil, out.err.Error())
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	close(stopTicks)
+	ticker.Wait()
+	st.Requests = counts[4].Load()
+	st.Status429, st.Status503, st.StatusOther, st.Errors = counts[0].Load(), counts[1].Load(), counts[2].Load(), counts[3].Load()
+	if e, ok := firstErr.Load().(string); ok {
+		st.FirstError = e
+	}
+	return latencyStats(st, lat, time.Since(start))
+}
+
+// writeTable prints the report for people.
+func (r *natsReport) writeTable(w io.Writer) error {
+	fmt.Fprintf(w, "nats: structured events, %d B data, concurrency %d, %d rounds of %s each, medians\n", r.Size, r.Concurrency, r.Rounds, r.Duration)
+	fmt.Fprintf(w, "weft %s   reference: %s\n\n", r.Weft.Target, r.Reference.Target)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	row := func(name, a, b, ratio string) { fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, a, b, ratio) }
+	num := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
+	lat := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) + " ms" }
+	rat := func(v float64) string {
+		if v == 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(v, 'f', 3, 64)
+	}
+	cnt := func(v int64) string { return strconv.FormatInt(v, 10) }
+	row("", "weft", "reference", "weft/ref")
+	row("events/s", num(r.Weft.EventsPerSec), num(r.Reference.EventsPerSec), rat(r.Ratio.EventsPerSec))
+	row("p50", lat(r.Weft.P50ms), lat(r.Reference.P50ms), rat(r.Ratio.P50))
+	row("p90", lat(r.Weft.P90ms), lat(r.Reference.P90ms), rat(ratio(r.Weft.P90ms, r.Reference.P90ms)))
+	row("p99", lat(r.Weft.P99ms), lat(r.Reference.P99ms), rat(r.Ratio.P99))
+	row("max", lat(r.Weft.MaxMs), lat(r.Reference.MaxMs), rat(ratio(r.Weft.MaxMs, r.Reference.MaxMs)))
+	row("stored (all rounds)", cnt(r.Weft.Accepted), cnt(r.Reference.Accepted), "")
+	row("429", cnt(r.Weft.Status429), cnt(r.Reference.Status429), "")
+	row("503", cnt(r.Weft.Status503), cnt(r.Reference.Status503), "")
+	row("other refusal", cnt(r.Weft.StatusOther), cnt(r.Reference.StatusOther), "")
+	row("errors", cnt(r.Weft.Errors), cnt(r.Reference.Errors), "")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(r.Goals) > 0 {
+		writeGoals(w, "issue 5 goals:", r.Goals)
+	}
+	if r.Weft.FirstError != "" {
+		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
+	}
+	return writeMachine(w, r.Machine, r.Date)
+}
