@@ -688,46 +688,23 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "ingest: %s, %d B data, concurrency %d, %d rounds of %s each, medians\n", mode, r.Size, r.Concurrency, r.Rounds, r.Duration)
 	fmt.Fprintf(w, "weft %s   reference: bare Go HTTP server answering 202 at %s\n\n", r.Weft.Target, r.Reference.Target)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	row := func(name, a, b, ratio string) { fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, a, b, ratio) }
-	num := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
-	lat := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) + " ms" }
-	rat := func(v float64) string {
-		if v == 0 {
-			return "-"
-		}
-		return strconv.FormatFloat(v, 'f', 3, 64)
-	}
-	row("", "weft", "reference", "weft/ref")
-	row("events/s", num(r.Weft.EventsPerSec), num(r.Reference.EventsPerSec), rat(r.Ratio.EventsPerSec))
-	row("requests/s", num(r.Weft.RequestsPerSec), num(r.Reference.RequestsPerSec), rat(ratio(r.Weft.RequestsPerSec, r.Reference.RequestsPerSec)))
-	row("p50", lat(r.Weft.P50ms), lat(r.Reference.P50ms), rat(r.Ratio.P50))
-	row("p90", lat(r.Weft.P90ms), lat(r.Reference.P90ms), rat(ratio(r.Weft.P90ms, r.Reference.P90ms)))
-	row("p99", lat(r.Weft.P99ms), lat(r.Reference.P99ms), rat(r.Ratio.P99))
-	row("max", lat(r.Weft.MaxMs), lat(r.Reference.MaxMs), rat(ratio(r.Weft.MaxMs, r.Reference.MaxMs)))
-	cnt := func(v int64) string { return strconv.FormatInt(v, 10) }
-	row("202 (all rounds)", cnt(r.Weft.Accepted), cnt(r.Reference.Accepted), "")
-	row("429", cnt(r.Weft.Status429), cnt(r.Reference.Status429), "")
-	row("503", cnt(r.Weft.Status503), cnt(r.Reference.Status503), "")
-	row("other status", cnt(r.Weft.StatusOther), cnt(r.Reference.StatusOther), "")
-	row("errors", cnt(r.Weft.Errors), cnt(r.Reference.Errors), "")
-	if err := tw.Flush(); err != nil {
+	if err := writeSideBySide(w, r.Weft, r.Reference, sideBySideRows{requests: true, accepted: "202 (all rounds)", other: "other status"}); err != nil {
 		return err
 	}
 	if j := r.JetStream; j != nil {
 		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
-			j.Target, num(j.EventsPerSec), lat(j.P50ms), lat(j.P99ms), rat(r.Ratio.EventsPerSecJetStream))
+			j.Target, fmtRate(j.EventsPerSec), fmtMs(j.P50ms), fmtMs(j.P99ms), fmtRatio(r.Ratio.EventsPerSecJetStream))
 	}
 	if x := r.Relaxed; x != nil {
 		fmt.Fprintf(w, "weft --relaxed-sync at %s, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ it %s (durability tax)\n",
-			x.Target, num(x.EventsPerSec), lat(x.P50ms), lat(x.P99ms), rat(r.Ratio.DurabilityTax))
+			x.Target, fmtRate(x.EventsPerSec), fmtMs(x.P50ms), fmtMs(x.P99ms), fmtRatio(r.Ratio.DurabilityTax))
 	}
 	if j := r.JetStreamRelaxed; j != nil {
 		fmt.Fprintf(w, "%s, same rounds: %s events/s; weft --relaxed-sync ÷ 1/(1/reference + 1/it) %s\n",
-			j.Target, num(j.EventsPerSec), rat(r.Ratio.RelaxedBound))
+			j.Target, fmtRate(j.EventsPerSec), fmtRatio(r.Ratio.RelaxedBound))
 	}
 	if r.Ratio.P50HopSum > 0 {
-		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", rat(r.Ratio.P50HopSum), rat(r.Ratio.P99HopSum))
+		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", fmtRatio(r.Ratio.P50HopSum), fmtRatio(r.Ratio.P99HopSum))
 	}
 	if len(r.Goals) > 0 {
 		writeGoals(w, "issue 5 goals:", r.Goals)
@@ -736,6 +713,51 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
 	}
 	return writeMachine(w, r.Machine, r.Date)
+}
+
+// sideBySideRows names what differs between the benches that print
+// writeSideBySide's table.
+type sideBySideRows struct {
+	requests bool   // a requests/s row (when a request may carry several events)
+	accepted string // the label of the successes' count
+	other    string // the label of the other refusals' count
+}
+
+// writeSideBySide prints weft's and the reference's medians side by side,
+// with the ratio weft ÷ reference, then their counts over all rounds.
+func writeSideBySide(w io.Writer, weft, ref benchSide, rows sideBySideRows) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	row := func(name, a, b, ratio string) { fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, a, b, ratio) }
+	rates := func(name string, a, b float64) { row(name, fmtRate(a), fmtRate(b), fmtRatio(ratio(a, b))) }
+	times := func(name string, a, b float64) { row(name, fmtMs(a), fmtMs(b), fmtRatio(ratio(a, b))) }
+	counts := func(name string, a, b int64) { row(name, strconv.FormatInt(a, 10), strconv.FormatInt(b, 10), "") }
+	row("", "weft", "reference", "weft/ref")
+	rates("events/s", weft.EventsPerSec, ref.EventsPerSec)
+	if rows.requests {
+		rates("requests/s", weft.RequestsPerSec, ref.RequestsPerSec)
+	}
+	times("p50", weft.P50ms, ref.P50ms)
+	times("p90", weft.P90ms, ref.P90ms)
+	times("p99", weft.P99ms, ref.P99ms)
+	times("max", weft.MaxMs, ref.MaxMs)
+	counts(rows.accepted, weft.Accepted, ref.Accepted)
+	counts("429", weft.Status429, ref.Status429)
+	counts("503", weft.Status503, ref.Status503)
+	counts(rows.other, weft.StatusOther, ref.StatusOther)
+	counts("errors", weft.Errors, ref.Errors)
+	return tw.Flush()
+}
+
+func fmtRate(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
+
+func fmtMs(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) + " ms" }
+
+// fmtRatio prints a ratio, or "-" when it is undefined (zero).
+func fmtRatio(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 3, 64)
 }
 
 // loadavg1 is the 1-minute load average from /proc/loadavg, or -1 where

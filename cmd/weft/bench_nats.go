@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	"github.com/google/uuid"
@@ -301,29 +299,7 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 func (r *natsReport) writeTable(w io.Writer) error {
 	fmt.Fprintf(w, "nats: structured events, %d B data, concurrency %d, %d rounds of %s each, medians\n", r.Size, r.Concurrency, r.Rounds, r.Duration)
 	fmt.Fprintf(w, "weft %s   reference: %s\n\n", r.Weft.Target, r.Reference.Target)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	row := func(name, a, b, ratio string) { fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, a, b, ratio) }
-	num := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
-	lat := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) + " ms" }
-	rat := func(v float64) string {
-		if v == 0 {
-			return "-"
-		}
-		return strconv.FormatFloat(v, 'f', 3, 64)
-	}
-	cnt := func(v int64) string { return strconv.FormatInt(v, 10) }
-	row("", "weft", "reference", "weft/ref")
-	row("events/s", num(r.Weft.EventsPerSec), num(r.Reference.EventsPerSec), rat(r.Ratio.EventsPerSec))
-	row("p50", lat(r.Weft.P50ms), lat(r.Reference.P50ms), rat(r.Ratio.P50))
-	row("p90", lat(r.Weft.P90ms), lat(r.Reference.P90ms), rat(ratio(r.Weft.P90ms, r.Reference.P90ms)))
-	row("p99", lat(r.Weft.P99ms), lat(r.Reference.P99ms), rat(r.Ratio.P99))
-	row("max", lat(r.Weft.MaxMs), lat(r.Reference.MaxMs), rat(ratio(r.Weft.MaxMs, r.Reference.MaxMs)))
-	row("stored (all rounds)", cnt(r.Weft.Accepted), cnt(r.Reference.Accepted), "")
-	row("429", cnt(r.Weft.Status429), cnt(r.Reference.Status429), "")
-	row("503", cnt(r.Weft.Status503), cnt(r.Reference.Status503), "")
-	row("other refusal", cnt(r.Weft.StatusOther), cnt(r.Reference.StatusOther), "")
-	row("errors", cnt(r.Weft.Errors), cnt(r.Reference.Errors), "")
-	if err := tw.Flush(); err != nil {
+	if err := writeSideBySide(w, r.Weft, r.Reference, sideBySideRows{accepted: "stored (all rounds)", other: "other refusal"}); err != nil {
 		return err
 	}
 	if len(r.Goals) > 0 {
