@@ -83,6 +83,9 @@ type natsHeaderSet struct {
 }
 
 func natsHeaders(hdr nats.Header) (natsHeaderSet, error) {
+	if len(hdr) == 0 {
+		return natsHeaderSet{}, nil // structured mode, as most publishers send it: nothing to allocate
+	}
 	s := natsHeaderSet{attrs: make(map[string]string)}
 	seen := make(map[string]bool, len(hdr))
 	for key, vals := range hdr {
