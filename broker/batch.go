@@ -76,6 +76,7 @@ type storeItem struct {
 	// unmatched is the mark of an event no trigger matched (unmatched.go),
 	// else "".
 	unmatched string
+	apart     bool // stored under unmatchedSubject, never dispatched
 	call      *storeCall
 }
 
@@ -224,6 +225,9 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 			} else {
 				b.metrics.Stored.Inc()
 			}
+			if it.apart {
+				b.settled.Add(1) // nothing will read it: the compactor's to purge
+			}
 		}
 		if it.early != nil {
 			if r.err == nil && first[i] == i && !r.dup && r.seq > 0 {
@@ -243,12 +247,16 @@ type storeResult struct {
 }
 
 func eventMsg(it *storeItem) *nats.Msg {
-	msg := nats.NewMsg(eventsSubject)
+	subject := eventsSubject
+	if it.apart {
+		subject = unmatchedSubject
+	}
+	msg := nats.NewMsg(subject)
 	msg.Data = it.data
 	msg.Header.Set(jetstream.MsgIDHeader, it.id)
 	msg.Header.Set(jetstream.ExpectedStreamHeader, eventsStream)
-	if it.unmatched != "" {
-		msg.Header.Set(hdrUnmatched, it.unmatched)
+	if it.unmatched != "" && !it.apart {
+		msg.Header.Set(hdrUnmatched, it.unmatched) // for the dispatcher
 	}
 	return msg
 }

@@ -26,10 +26,14 @@ const (
 	deliveriesStream = "WEFT_DELIVERIES"
 	dlqStream        = "WEFT_DLQ"
 
-	eventsSubject   = "weft.events.default"
-	deliverPrefix   = "weft.deliver."
-	dlqPrefix       = "weft.dlq."
-	ingressSubjects = "weft.in.>"
+	eventsSubject = "weft.events.default"
+	// unmatchedSubject holds the events no trigger matched when they were
+	// stored once dispatching had begun: stored, never read, purged by the
+	// compactor (unmatched.go).
+	unmatchedSubject = "weft.unmatched.default"
+	deliverPrefix    = "weft.deliver."
+	dlqPrefix        = "weft.dlq."
+	ingressSubjects  = "weft.in.>"
 
 	dispatchConsumer = "dispatch"
 	// DefaultBroker is the one broker a node has; Triggers name it in spec.broker.
@@ -376,7 +380,7 @@ func (b *Broker) start() (*conn, error) {
 func (b *Broker) ensureStreams(ctx context.Context, c *conn) error {
 	cfgs := []jetstream.StreamConfig{
 		{
-			Name: eventsStream, Subjects: []string{eventsSubject},
+			Name: eventsStream, Subjects: []string{eventsSubject, unmatchedSubject},
 			Description: "CloudEvents accepted by the ingress, until the dispatcher fanned them out",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage, // acknowledged ones are purged (compact.go)
 			Duplicates: b.cfg.DedupWindow, MaxMsgSize: 1 << 20, AllowAtomicPublish: true,

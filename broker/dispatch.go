@@ -34,6 +34,7 @@ import (
 func (b *Broker) startDispatcher(ctx context.Context, c *conn) (stop func(), err error) {
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, eventsStream, jetstream.ConsumerConfig{
 		Durable:       dispatchConsumer,
+		FilterSubject: eventsSubject, // not unmatchedSubject
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       b.cfg.AckWait,
 		MaxAckPending: b.cfg.DispatchWorkers * dispatchPending,

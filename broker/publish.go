@@ -76,6 +76,9 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			ev.SetExtension(TTLExtension, DefaultTTL)
 		}
 		items[i].unmatched = b.unmatchedMark(version, ev)
+		// Once dispatching has begun the node's whole configuration is in
+		// force, so an event no trigger matches now is set apart for good.
+		items[i].apart = items[i].unmatched != "" && b.dispatching.Load() != nil
 		// Not json.Marshal: it would validate and compact sdk-go's output
 		// again, a tenth of the ingress's CPU.
 		body, err := ev.MarshalJSON()
