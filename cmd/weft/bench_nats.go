@@ -228,12 +228,12 @@ func jetStreamPublish(js jetstream.JetStream) natsPublish {
 func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish natsPublish, tick func(sent int64, elapsed time.Duration)) loadStats {
 	gen := newEventGen(ingestConfig{Size: cfg.Size, Mode: "structured"}, runID)
 	var (
-		st       loadStats
-		mu       sync.Mutex
-		lat      []time.Duration
-		sent     atomic.Int64
-		firstErr atomic.Value
-		counts   [5]atomic.Int64 // 429, 503, other refusals, transport errors, all
+		st                                                     loadStats
+		mu                                                     sync.Mutex
+		lat                                                    []time.Duration
+		sent                                                   atomic.Int64
+		firstErr                                               atomic.Value
+		requests, refused429, refused503, refusedOther, failed atomic.Int64
 	)
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
@@ -262,20 +262,20 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 				t0 := time.Now()
 				out := publish(ctx, id, buf)
 				sent.Add(1)
-				counts[4].Add(1)
+				requests.Add(1)
 				if out.err == nil {
 					mine = append(mine, time.Since(t0))
 					continue
 				}
 				switch out.code {
 				case 429:
-					counts[0].Add(1)
+					refused429.Add(1)
 				case 503:
-					counts[1].Add(1)
+					refused503.Add(1)
 				case 0:
-					counts[3].Add(1)
+					failed.Add(1) // a transport error
 				default:
-					counts[2].Add(1)
+					refusedOther.Add(1)
 				}
 				firstErr.CompareAndSwap(nil, out.err.Error())
 			}
@@ -287,8 +287,8 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 	wg.Wait()
 	close(stopTicks)
 	ticker.Wait()
-	st.Requests = counts[4].Load()
-	st.Status429, st.Status503, st.StatusOther, st.Errors = counts[0].Load(), counts[1].Load(), counts[2].Load(), counts[3].Load()
+	st.Requests = requests.Load()
+	st.Status429, st.Status503, st.StatusOther, st.Errors = refused429.Load(), refused503.Load(), refusedOther.Load(), failed.Load()
 	if e, ok := firstErr.Load().(string); ok {
 		st.FirstError = e
 	}
