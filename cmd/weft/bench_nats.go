@@ -233,7 +233,7 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 		lat                                                    []time.Duration
 		sent                                                   atomic.Int64
 		firstErr                                               atomic.Value
-		requests, refused429, refused503, refusedOther, failed atomic.Int64
+		refused429, refused503, refusedOther, failed atomic.Int64
 	)
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
@@ -262,7 +262,6 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 				t0 := time.Now()
 				out := publish(ctx, id, buf)
 				sent.Add(1)
-				requests.Add(1)
 				if out.err == nil {
 					mine = append(mine, time.Since(t0))
 					continue
@@ -287,7 +286,7 @@ func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish nats
 	wg.Wait()
 	close(stopTicks)
 	ticker.Wait()
-	st.Requests = requests.Load()
+	st.Requests = sent.Load()
 	st.Status429, st.Status503, st.StatusOther, st.Errors = refused429.Load(), refused503.Load(), refusedOther.Load(), failed.Load()
 	if e, ok := firstErr.Load().(string); ok {
 		st.FirstError = e
