@@ -228,11 +228,11 @@ func jetStreamPublish(js jetstream.JetStream) natsPublish {
 func runNATSLoad(ctx context.Context, cfg natsConfig, runID string, publish natsPublish, tick func(sent int64, elapsed time.Duration)) loadStats {
 	gen := newEventGen(ingestConfig{Size: cfg.Size, Mode: "structured"}, runID)
 	var (
-		st                                                     loadStats
-		mu                                                     sync.Mutex
-		lat                                                    []time.Duration
-		sent                                                   atomic.Int64
-		firstErr                                               atomic.Value
+		st                                           loadStats
+		mu                                           sync.Mutex
+		lat                                          []time.Duration
+		sent                                         atomic.Int64
+		firstErr                                     atomic.Value
 		refused429, refused503, refusedOther, failed atomic.Int64
 	)
 	start := time.Now()
