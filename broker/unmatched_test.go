@@ -65,6 +65,8 @@ func TestDispatcherTrustsOnlyCurrentMarks(t *testing.T) {
 	b, _ := startBroker(t, rec)
 	const target = "http://wanted.invalid/"
 	setTriggers(t, b, triggerYAML("wanted", "  filter: {attributes: {type: dev.weft.test}}", "{uri: "+target+"}", ""))
+	// The dispatcher makes its consumer after StartDispatching returns.
+	wtest.WaitFor(t, 10*time.Second, func() bool { return b.dispatching.Load() != nil }, "dispatching did not begin")
 	c := b.conn.Load()
 	otherRun := "0000000000000000." + fmt.Sprint(b.indexVersion.Load())
 	var last uint64
