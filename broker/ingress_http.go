@@ -440,21 +440,19 @@ func decodeStructured(raw []byte, index int) (event.Event, error) {
 // decodeUTF8Structured is decodeStructured for raw known to be UTF-8, and
 // known to be JSON when valid is true (an element of a valid batch).
 func decodeUTF8Structured(raw []byte, index int, valid bool) (event.Event, error) {
-	var ev event.Event
-	ok := valid
-	if ok {
-		ev, ok = decodeJSONEventFast(raw)
+	if valid {
+		if ev, ok := decodeJSONEventFast(raw); ok {
+			return ev, nil // it applies validateEvent's rules
+		}
 	}
-	if !ok {
-		if err := explainJSONEvent(raw, index); err != nil {
-			return event.Event{}, err
-		}
-		ev = event.New()
-		// Not format.JSON.Unmarshal: it goes through json.Unmarshal, whose
-		// validity pass repeats what explainJSONEvent just did.
-		if err := ev.UnmarshalJSON(raw); err != nil {
-			return event.Event{}, &EventError{Index: index, Rule: "cannot decode event: " + err.Error()}
-		}
+	if err := explainJSONEvent(raw, index); err != nil {
+		return event.Event{}, err
+	}
+	ev := event.New()
+	// Not format.JSON.Unmarshal: it goes through json.Unmarshal, whose
+	// validity pass repeats what explainJSONEvent just did.
+	if err := ev.UnmarshalJSON(raw); err != nil {
+		return event.Event{}, &EventError{Index: index, Rule: "cannot decode event: " + err.Error()}
 	}
 	if err := validateEvent(&ev, index); err != nil {
 		return event.Event{}, err

@@ -37,6 +37,14 @@ func decodeNATSMsg(msg *nats.Msg) ([]event.Event, error) {
 		return nil, err
 	}
 	ct := h.contentType
+	if ct == "" && !h.specVersion {
+		// Structured mode, as most publishers send it.
+		ev, err := decodeStructured(msg.Data, -1)
+		if err != nil {
+			return nil, err
+		}
+		return []event.Event{ev}, nil
+	}
 	mediaType, params, perr := mime.ParseMediaType(ct)
 	if ct != "" && perr != nil {
 		mediaType, _, _ = strings.Cut(ct, ";")

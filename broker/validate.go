@@ -200,6 +200,9 @@ var contextAttrs = map[string]func(string) string{
 		return ""
 	},
 	attrDataCT: func(s string) string {
+		if commonMediaTypes[s] {
+			return "" // most events name one of these: no parse
+		}
 		if strings.TrimSpace(s) == "" {
 			return ruleNonEmpty
 		}
@@ -208,6 +211,13 @@ var contextAttrs = map[string]func(string) string{
 		}
 		return checkText(s)
 	},
+}
+
+// commonMediaTypes are datacontenttype values known to pass its check.
+var commonMediaTypes = map[string]bool{
+	event.ApplicationJSON: true, event.TextJSON: true, event.TextPlain: true,
+	event.ApplicationXML: true, "application/octet-stream": true,
+	event.ApplicationCloudEventsJSON: true, "application/json; charset=utf-8": true,
 }
 
 // checkAttr checks the string form of a context attribute or a string
@@ -310,6 +320,16 @@ func validAttrName(name string) bool {
 // net/url. sdk-go relies on url.Parse alone, which accepts spaces and
 // non-ASCII text.
 func isURIReference(s string) bool {
+	if !uriReferenceChars(s) {
+		return false
+	}
+	_, err := url.Parse(s)
+	return err == nil
+}
+
+// uriReferenceChars reports whether s holds only the characters of an RFC
+// 3986 URI-reference, each % starting an escape; url.Parse checks the rest.
+func uriReferenceChars(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
@@ -324,8 +344,7 @@ func isURIReference(s string) bool {
 			return false
 		}
 	}
-	_, err := url.Parse(s)
-	return err == nil
+	return true
 }
 
 // isAbsoluteURI reports whether s is an RFC 3986 absolute-URI: a scheme and

@@ -38,6 +38,18 @@ func FuzzDecodeJSONEventFast(f *testing.F) {
 		`{"specversion":"1.0","data":[1],"datacontenttype":"application/json;charset=utf-8","id":"f","source":"/f","type":"t"}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"not a type","data":{"a":1}}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","dataschema":"https://example.com/s","n":-7,"b":false}`,
+		`{"specversion":"1.0","id":" ","source":"/f","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"\u0020\t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","subject":"  "}`,
+		`{"specversion":"1.0","id":"f","source":"#","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"HTTP://Example.com/%7e?","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","dataschema":"HTTP://example.com/s#"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"0000-01-01T00:00:00+01:00"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"9999-12-31T23:59:59-01:00"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","time":"2026-12-07"}`,
+		`{"specversion":"1.0","id":"f","source":"a b","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"%zz","type":"t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"application/json; charset=utf-8","data":1}`,
 	) {
 		f.Add([]byte(s))
 	}
@@ -58,6 +70,9 @@ func FuzzDecodeJSONEventFast(f *testing.F) {
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("fast path and sdk-go differ for %s:\nfast:   %#v\nsdk-go: %#v", raw, got, want)
+		}
+		if err := validateEvent(&got, -1); err != nil {
+			t.Fatalf("decoded by the fast path, refused by validateEvent: %v\n%s", err, raw)
 		}
 	})
 }

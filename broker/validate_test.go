@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"math"
+	"mime"
 	"testing"
 	"time"
 
@@ -129,6 +130,16 @@ func TestURIRules(t *testing.T) {
 	for s, want := range abs {
 		if got := isAbsoluteURI(s); got != want {
 			t.Errorf("isAbsoluteURI(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// TestCommonMediaTypesPassTheirCheck: the media types datacontenttype's check
+// takes without parsing are ones the parse would take.
+func TestCommonMediaTypesPassTheirCheck(t *testing.T) {
+	for mt := range commonMediaTypes {
+		if _, _, err := mime.ParseMediaType(mt); err != nil || checkText(mt) != "" {
+			t.Errorf("%q is in commonMediaTypes but fails the check: %v", mt, err)
 		}
 	}
 }
