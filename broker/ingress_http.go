@@ -508,7 +508,7 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		}
 	}
 	for name, v := range attrs {
-		if checkAttr(-1, name, v) != nil {
+		if !checkFastMember(name, v) {
 			return event.Event{}, firstBadAttr(attrs)
 		}
 	}
@@ -530,14 +530,22 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 			err = ev.Context.SetExtension(name, v)
 		}
 		if err != nil {
+			if bad := firstBadAttr(attrs); bad != nil {
+				return event.Event{}, bad // a parse checkFastMember left to the setter
+			}
 			return event.Event{}, &EventError{Index: -1, Rule: "cannot decode event: " + err.Error()}
 		}
 	}
 	if len(data) > 0 {
 		ev.DataEncoded = data
 	}
-	if err := validateEvent(&ev, -1); err != nil {
-		return event.Event{}, err
+	// validateEvent words what is wrong; an event that passes the rules the
+	// checks above left out cannot be.
+	if _, dataExt := attrs[attrData]; dataExt || ev.FieldErrors != nil ||
+		!passesEventRules(ev.Context.(*event.EventContextV1), attrs["source"], attrs["dataschema"]) {
+		if err := validateEvent(&ev, -1); err != nil {
+			return event.Event{}, err
+		}
 	}
 	return ev, nil
 }

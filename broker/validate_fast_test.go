@@ -39,7 +39,7 @@ func FuzzDecodeJSONEventFast(f *testing.F) {
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","datacontenttype":"not a type","data":{"a":1}}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","dataschema":"https://example.com/s","n":-7,"b":false}`,
 		`{"specversion":"1.0","id":" ","source":"/f","type":"t"}`,
-		`{"specversion":"1.0","id":"f","source":"/f","type":"\u0020\t"}`,
+		`{"specversion":"1.0","id":"f","source":"/f","type":"\u0020 "}`,
 		`{"specversion":"1.0","id":"f","source":"/f","type":"t","subject":"  "}`,
 		`{"specversion":"1.0","id":"f","source":"#","type":"t"}`,
 		`{"specversion":"1.0","id":"f","source":"HTTP://Example.com/%7e?","type":"t"}`,
@@ -135,4 +135,40 @@ func TestDecodeJSONEventFastLeavesManyMembers(t *testing.T) {
 	if got := len(ev.Extensions()); got != maxFastMembers {
 		t.Fatalf("%d extensions decoded, want %d", got, maxFastMembers)
 	}
+}
+
+// FuzzDecodeBinary: decodeBinary, which runs validateEvent only when its own
+// cheaper checks doubt an event, never accepts an event validateEvent
+// refuses. attrs holds one name=value per line.
+func FuzzDecodeBinary(f *testing.F) {
+	const base = "specversion=1.0\nid=f\nsource=/f\ntype=t\n"
+	for _, s := range []string{
+		"", "subject=s\ntime=2026-12-07T05:00:00Z\n", "subject= \n", "id= \n", "type=  \n",
+		"source=#\n", "source=HTTP://Example.com/%7e?\n", "source=a b\n", "source=%zz\n", "source=\n",
+		"dataschema=HTTP://example.com/s#\n", "dataschema=https://example.com/s\n", "dataschema=/s\n",
+		"time=0000-01-01T00:00:00+01:00\n", "time=9999-12-31T23:59:59-01:00\n", "time=2026-12-07\n",
+		"time=0001-01-01T00:00:00Z\n", "data=x\n", "data_base64=eA==\n", "myext=v\n", "myext=\x01\n",
+	} {
+		f.Add(base+s, "application/json")
+		f.Add(base+s, "")
+	}
+	f.Add(base, "not a type")
+	f.Add(base, " ")
+	f.Fuzz(func(t *testing.T, lines, contentType string) {
+		attrs := map[string]string{}
+		for line := range strings.Lines(lines) {
+			name, value, _ := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
+			if checkBinaryHeader(name, []string{value}) != nil || name == attrDataCT {
+				return // binaryAttrsFromHTTP refuses these before decodeBinary
+			}
+			attrs[name] = value
+		}
+		ev, err := decodeBinary(attrs, contentType, []byte("x"))
+		if err != nil {
+			return
+		}
+		if err := validateEvent(&ev, -1); err != nil {
+			t.Fatalf("decodeBinary accepted what validateEvent refuses: %v\n%q, content type %q", err, lines, contentType)
+		}
+	})
 }
