@@ -787,6 +787,15 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[min(max(i, 0), len(d)-1)]
 }
 
+// medianOf is the median of f over xs.
+func medianOf[T any](xs []T, f func(T) float64) float64 {
+	v := make([]float64, 0, len(xs))
+	for _, x := range xs {
+		v = append(v, f(x))
+	}
+	return median(v)
+}
+
 func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +66,11 @@ Nats-Msg-Id and wait for each PubAck. Rounds interleave weft and the reference;
 the table shows medians over rounds and the ratio weft ÷ reference (issue 5's
 goal 2b asks at least 0.8 with interval fsync).
 
+CPU per event is user+system time over the events a side stored: for weft
+the node's (process_cpu_seconds_total from --server's /metrics) and this
+process's publishers'; for the reference this process's, which holds its
+server too. On a machine the two sides saturate, throughput follows it.
+
 Answers {"code":429} and {"code":503} are counted apart, as are other refusals
 and transport errors (a timeout, no responders). Exit 1 when weft acknowledged
 nothing, 6 when its NATS port cannot be reached.`,
@@ -69,8 +79,11 @@ nothing, 6 when its NATS port cannot be reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			node := g.client()
 			return runBench(g, c.validate,
-				func(progress io.Writer) (*natsReport, error) { return benchNATS(ctx, c, progress) },
+				func(progress io.Writer) (*natsReport, error) {
+					return benchNATS(ctx, c, func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, node) }, progress)
+				},
 				func(rep *natsReport) string {
 					if rep.Weft.Accepted > 0 {
 						return ""
@@ -107,13 +120,62 @@ type natsReport struct {
 		P50          float64 `json:"p50"`
 		P99          float64 `json:"p99"`
 	} `json:"ratio"`
+	// CPU is user+system time per stored event, medians over rounds; zero
+	// where it was not measured (the node's /metrics out of reach).
+	CPU struct {
+		WeftNodeUs       float64 `json:"weft_node_us_per_event"`
+		WeftPublishersUs float64 `json:"weft_publishers_us_per_event"`
+		WeftUs           float64 `json:"weft_us_per_event"` // node and publishers
+		ReferenceUs      float64 `json:"reference_us_per_event"`
+		Ratio            float64 `json:"ratio"` // weft ÷ reference
+	} `json:"cpu"`
 	Goals   []goalCheck `json:"goals,omitempty"`
 	Machine machineInfo `json:"machine"`
 }
 
+// natsCPU is one round's CPU time on one side, per stored event.
+type natsCPU struct{ node, self float64 }
+
+// cpuPerEvent measures the CPU time run takes, this process's and the
+// node's (when node reports it), per event it stored.
+func cpuPerEvent(ctx context.Context, node func(context.Context) (time.Duration, bool), run func() loadStats) (loadStats, natsCPU, bool) {
+	self0, selfErr := procCPU(os.Getpid())
+	node0, nodeOK := node(ctx)
+	st := run()
+	self1, selfErr1 := procCPU(os.Getpid())
+	node1, nodeOK1 := node(ctx)
+	if selfErr != nil || selfErr1 != nil || st.Accepted == 0 {
+		return st, natsCPU{}, false
+	}
+	n := float64(st.Accepted)
+	c := natsCPU{self: float64((self1 - self0).Microseconds()) / n}
+	if nodeOK && nodeOK1 {
+		c.node = float64((node1 - node0).Microseconds()) / n
+	}
+	return st, c, true
+}
+
+// nodeCPU reads the node's process_cpu_seconds_total from its /metrics.
+func nodeCPU(ctx context.Context, c *apiClient) (time.Duration, bool) {
+	resp, err := c.send(ctx, http.MethodGet, "/metrics", "", nil)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
+			secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return time.Duration(secs * float64(time.Second)), err == nil
+		}
+	}
+	return 0, false
+}
+
 // benchNATS runs cfg's rounds against the node's NATS ingress and a
 // JetStream reference it starts itself, interleaved, and summarizes them.
-func benchNATS(ctx context.Context, cfg natsConfig, progress io.Writer) (*natsReport, error) {
+func benchNATS(ctx context.Context, cfg natsConfig, node func(context.Context) (time.Duration, bool), progress io.Writer) (*natsReport, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -135,13 +197,15 @@ func benchNATS(ctx context.Context, cfg natsConfig, progress io.Writer) (*natsRe
 	}
 	rep.Weft.Target = cfg.URL + " " + cfg.Subject
 	rep.Reference.Target = "embedded JetStream over TCP, " + rep.Sync
+	var weftCPU, refCPU []natsCPU
 	sides := []struct {
 		name    string
 		side    *benchSide
+		cpu     *[]natsCPU
 		publish natsPublish
 	}{
-		{"weft", &rep.Weft, weftPublish(nc, cfg.Subject)},
-		{"reference", &rep.Reference, jetStreamPublish(js.js)},
+		{"weft", &rep.Weft, &weftCPU, weftPublish(nc, cfg.Subject)},
+		{"reference", &rep.Reference, &refCPU, jetStreamPublish(js.js)},
 	}
 	for r := 1; r <= cfg.Rounds; r++ {
 		for _, s := range sides {
@@ -149,12 +213,17 @@ func benchNATS(ctx context.Context, cfg natsConfig, progress io.Writer) (*natsRe
 			if err != nil {
 				return nil, fmt.Errorf("generate run id: %w", err)
 			}
-			st := runNATSLoad(ctx, cfg, runID.String(), s.publish, func(sent int64, elapsed time.Duration) {
-				if progress != nil {
-					fmt.Fprintf(progress, "\r\033[Kbench nats: round %d/%d, %s: %.1fs, %d events", r, cfg.Rounds, s.name, elapsed.Seconds(), sent)
-				}
+			st, cpu, ok := cpuPerEvent(ctx, node, func() loadStats {
+				return runNATSLoad(ctx, cfg, runID.String(), s.publish, func(sent int64, elapsed time.Duration) {
+					if progress != nil {
+						fmt.Fprintf(progress, "\r\033[Kbench nats: round %d/%d, %s: %.1fs, %d events", r, cfg.Rounds, s.name, elapsed.Seconds(), sent)
+					}
+				})
 			})
 			s.side.Rounds = append(s.side.Rounds, st)
+			if ok {
+				*s.cpu = append(*s.cpu, cpu)
+			}
 		}
 	}
 	if progress != nil {
@@ -166,6 +235,13 @@ func benchNATS(ctx context.Context, cfg natsConfig, progress io.Writer) (*natsRe
 	rep.Ratio.EventsPerSec = ratio(rep.Weft.EventsPerSec, rep.Reference.EventsPerSec)
 	rep.Ratio.P50 = ratio(rep.Weft.P50ms, rep.Reference.P50ms)
 	rep.Ratio.P99 = ratio(rep.Weft.P99ms, rep.Reference.P99ms)
+	if len(weftCPU) > 0 && len(refCPU) > 0 && weftCPU[0].node > 0 {
+		rep.CPU.WeftNodeUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.node })
+		rep.CPU.WeftPublishersUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.self })
+		rep.CPU.WeftUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.node + c.self })
+		rep.CPU.ReferenceUs = medianOf(refCPU, func(c natsCPU) float64 { return c.self })
+		rep.CPU.Ratio = ratio(rep.CPU.WeftUs, rep.CPU.ReferenceUs)
+	}
 	if cfg.Relaxed {
 		rep.Goals = []goalCheck{newGoalCheck("2b. NATS ingress ≥ 0.8 × raw JetStream publish", rep.Ratio.EventsPerSec, 0.8, "×", true,
 			rep.Weft.Accepted > 0 && rep.Reference.Accepted > 0)}
@@ -300,6 +376,11 @@ func (r *natsReport) writeTable(w io.Writer) error {
 	fmt.Fprintf(w, "weft %s   reference: %s\n\n", r.Weft.Target, r.Reference.Target)
 	if err := writeSideBySide(w, r.Weft, r.Reference, sideBySideRows{accepted: "stored (all rounds)", other: "other refusal"}); err != nil {
 		return err
+	}
+	if r.CPU.WeftUs > 0 {
+		us := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " µs" }
+		fmt.Fprintf(w, "\nCPU per stored event: weft %s (node %s, publishers %s), reference %s (server and publishers), weft/ref %s\n",
+			us(r.CPU.WeftUs), us(r.CPU.WeftNodeUs), us(r.CPU.WeftPublishersUs), us(r.CPU.ReferenceUs), fmtRatio(r.CPU.Ratio))
 	}
 	if len(r.Goals) > 0 {
 		writeGoals(w, "issue 5 goals:", r.Goals)

@@ -147,13 +147,7 @@ func (s *routerSide) summarize() {
 	}
 	b.summarize()
 	s.loadStats = b.loadStats
-	med := func(f func(routerRound) float64) float64 {
-		v := make([]float64, 0, len(s.Rounds))
-		for _, r := range s.Rounds {
-			v = append(v, f(r))
-		}
-		return median(v)
-	}
+	med := func(f func(routerRound) float64) float64 { return medianOf(s.Rounds, f) }
 	s.AddedP50us = med(func(r routerRound) float64 { return r.AddedP50us })
 	s.AddedP99us = med(func(r routerRound) float64 { return r.AddedP99us })
 	s.CPUSeconds = med(func(r routerRound) float64 { return r.CPUSeconds })

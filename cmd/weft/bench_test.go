@@ -516,6 +516,12 @@ func TestBenchNATS(t *testing.T) {
 	if len(rep.Goals) != 1 || !rep.Goals[0].Measured || rep.Goals[0].Got != rep.Ratio.EventsPerSec || rep.Ratio.EventsPerSec <= 0 {
 		t.Errorf("goal 2b not checked: %+v, ratio %+v", rep.Goals, rep.Ratio)
 	}
+	// The node and this process both worked for weft's events; the
+	// reference's server runs in this process.
+	if c := rep.CPU; !(c.WeftNodeUs > 0 && c.WeftPublishersUs > 0 && c.ReferenceUs > 0 &&
+		c.WeftUs > c.WeftNodeUs && c.WeftUs > c.WeftPublishersUs && c.Ratio == c.WeftUs/c.ReferenceUs) {
+		t.Errorf("CPU per event not measured: %+v", c)
+	}
 	// Every acknowledged event has a new id, so the node stored each one.
 	if stored := metricSum(t, n, "weft_events_stored_total"); stored != float64(rep.Weft.Accepted) {
 		t.Errorf("node stored %v events, bench counted %d acknowledged", stored, rep.Weft.Accepted)
@@ -524,7 +530,7 @@ func TestBenchNATS(t *testing.T) {
 	if err := rep.writeTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"events/s", "weft/ref", "2b.", "CPUs"} {
+	for _, want := range []string{"events/s", "weft/ref", "2b.", "CPU per stored event", "CPUs"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
