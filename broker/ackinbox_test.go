@@ -29,6 +29,8 @@ func TestParsePubAck(t *testing.T) {
 		"no stream named":   {msg: &nats.Msg{Data: []byte(`{"seq":1}`)}, bad: true},
 		"escaped name":      {msg: &nats.Msg{Data: []byte(`{"stream":"a\"b","seq":1}`)}, want: jetstream.PubAck{Stream: `a"b`, Sequence: 1}},
 		"sequence too long": {msg: &nats.Msg{Data: []byte(`{"stream":"S","seq":99999999999999999999}`)}, bad: true},
+		"largest sequence":  {msg: &nats.Msg{Data: []byte(`{"stream":"S","seq":18446744073709551615}`)}, want: jetstream.PubAck{Stream: "S", Sequence: 18446744073709551615}},
+		"signed sequence":   {msg: &nats.Msg{Data: []byte(`{"stream":"S","seq":-1}`)}, bad: true},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -51,8 +53,8 @@ func TestParsePubAck(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if *ack != tc.want {
-					t.Fatalf("ack = %+v, want %+v", *ack, tc.want)
+				if ack != tc.want {
+					t.Fatalf("ack = %+v, want %+v", ack, tc.want)
 				}
 			}
 		})
@@ -68,7 +70,7 @@ func TestAckInboxes(t *testing.T) {
 	c := b.conn.Load()
 	p := newAckInboxes(c.nc, 4)
 	ctx := t.Context()
-	publish := func(id string) (*jetstream.PubAck, *ackInbox, error) {
+	publish := func(id string) (jetstream.PubAck, *ackInbox, error) {
 		t.Helper()
 		msg := nats.NewMsg(eventsSubject)
 		msg.Data = []byte(`{}`)

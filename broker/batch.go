@@ -251,15 +251,18 @@ func eventMsg(it *storeItem) *nats.Msg {
 	if it.apart {
 		subject = unmatchedSubject
 	}
-	msg := nats.NewMsg(subject)
-	msg.Data = it.data
-	msg.Header.Set(jetstream.MsgIDHeader, it.id)
-	msg.Header.Set(jetstream.ExpectedStreamHeader, eventsStream)
+	msg := &nats.Msg{Subject: subject, Data: it.data, Header: make(nats.Header, 4)} // room for commitAtomic's
+	msg.Header[jetstream.MsgIDHeader] = []string{it.id}
+	msg.Header[jetstream.ExpectedStreamHeader] = expectEventsStream
 	if it.unmatched != "" && !it.apart {
-		msg.Header.Set(hdrUnmatched, it.unmatched) // for the dispatcher
+		msg.Header[hdrUnmatched] = []string{it.unmatched} // for the dispatcher
 	}
 	return msg
 }
+
+// expectEventsStream is the Nats-Expected-Stream header of every event
+// published; shared, never modified.
+var expectEventsStream = []string{eventsStream}
 
 // batchAck is the server's answer to a batch commit: a PubAck with the batch
 // id and its size, or an API error.

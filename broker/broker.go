@@ -160,6 +160,7 @@ type Broker struct {
 	index        atomic.Pointer[triggers.Index]
 	indexVersion atomic.Uint64 // bumped after each index swap (unmatched.go)
 	runID        string        // random, per Broker (unmatched.go)
+	lastToken    atomic.Pointer[versionToken]
 	dispatchGate chan struct{} // closed by StartDispatching
 	gateOnce     sync.Once
 	inflight     chan struct{} // semaphore of publishes awaiting storage

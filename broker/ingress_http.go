@@ -508,7 +508,7 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		}
 	}
 	for name, v := range attrs {
-		if !checkFastMember(name, v) {
+		if !checkFastString(name, v) {
 			return event.Event{}, firstBadAttr(attrs)
 		}
 	}
@@ -531,7 +531,7 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		}
 		if err != nil {
 			if bad := firstBadAttr(attrs); bad != nil {
-				return event.Event{}, bad // a parse checkFastMember left to the setter
+				return event.Event{}, bad // a parse checkFastString left to the setter
 			}
 			return event.Event{}, &EventError{Index: -1, Rule: "cannot decode event: " + err.Error()}
 		}

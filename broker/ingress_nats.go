@@ -126,6 +126,9 @@ func natsHeaders(hdr nats.Header) (natsHeaderSet, error) {
 	return s, nil
 }
 
+// storedOne is natsAck's answer to most messages; never modified.
+var storedOne = []byte(`{"stored":1}`)
+
 // natsAck is the reply payload of the NATS ingress, sent to a message's reply
 // subject after storage (or refusal). It is one JSON object:
 //
@@ -138,6 +141,9 @@ func natsHeaders(hdr nats.Header) (natsHeaderSet, error) {
 // over HTTP (408, 413, 415) are reported as 400.
 func natsAck(n int, err error) []byte {
 	if err == nil {
+		if n == 1 {
+			return storedOne // Respond copies it
+		}
 		// Not json.Marshal: the common answer needs no reflection.
 		b := append([]byte(`{"stored":`), strconv.Itoa(n)...)
 		return append(b, '}')

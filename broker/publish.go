@@ -21,11 +21,10 @@ const DefaultTTL = 255
 // msgID derives JetStream's dedup key from (source, id), the pair CloudEvents
 // declares unique. Hashing keeps it short and free of header-unsafe bytes.
 func msgID(ev *event.Event) string {
-	h := sha256.New()
-	h.Write([]byte(ev.Source()))
-	h.Write([]byte{0})
-	h.Write([]byte(ev.ID()))
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	var buf [256]byte // most pairs fit: no allocation but the result
+	key := append(append(append(buf[:0], ev.Source()...), 0), ev.ID()...)
+	sum := sha256.Sum256(key)
+	return hex.EncodeToString(sum[:16])
 }
 
 // Store stores events in JetStream and returns once every one is acknowledged

@@ -43,8 +43,20 @@ func newRunID() string {
 }
 
 // unmatchedToken is the mark of events matched against index version v.
+// The last one made is kept: versions change rarely, events often.
 func (b *Broker) unmatchedToken(v uint64) string {
-	return b.runID + "." + strconv.FormatUint(v, 36)
+	if t := b.lastToken.Load(); t != nil && t.version == v {
+		return t.token
+	}
+	t := &versionToken{version: v, token: b.runID + "." + strconv.FormatUint(v, 36)}
+	b.lastToken.Store(t)
+	return t.token
+}
+
+// versionToken is an index version's unmatched mark.
+type versionToken struct {
+	version uint64
+	token   string
 }
 
 // unmatchedMark returns the mark of ev if no trigger in force matches it,

@@ -59,32 +59,27 @@ func decodeJSONEventFast(raw []byte) (event.Event, bool) {
 			data = value.Raw
 			return true
 		}
-		var v any
+		var member bool // checked and set on ec
 		switch value.Type {
 		case gjson.String:
 			s, sok := jsonString(value.Raw)
-			if !sok || !utf8.ValidString(s) {
-				ok = false
-				return false
+			member = sok && utf8.ValidString(s) && checkFastString(name, s) && setJSONString(ec, name, s)
+			switch name {
+			case "source":
+				source = s
+			case "dataschema":
+				schema = s
 			}
-			v = s
 		case gjson.Number:
-			v = json.Number(value.Raw)
+			v := json.Number(value.Raw)
+			member = checkJSONMember(-1, name, v) == nil && setJSONExtension(ec, name, v)
 		case gjson.True, gjson.False:
-			v = value.Type == gjson.True
-		default:
+			v := value.Type == gjson.True
+			member = checkJSONMember(-1, name, v) == nil && setJSONExtension(ec, name, v)
+		}
+		if !member {
 			ok = false
 			return false
-		}
-		if !checkFastMember(name, v) || !setJSONMember(ec, name, v) {
-			ok = false
-			return false
-		}
-		switch name {
-		case "source":
-			source = v.(string)
-		case "dataschema":
-			schema = v.(string)
 		}
 		if i := slices.Index(requiredAttrs, name); i >= 0 {
 			required |= 1 << i
@@ -101,19 +96,18 @@ func decodeJSONEventFast(raw []byte) (event.Event, bool) {
 	return ev, true
 }
 
-// checkFastMember is checkJSONMember(-1, name, v) == nil, leaving out the
-// parses setJSONMember repeats: source's URI and time's timestamp. Where
-// those fail, setJSONMember does too, and the thorough path names the rule.
-func checkFastMember(name string, v any) bool {
+// checkFastString is checkJSONMember(-1, name, s) == nil for a string s
+// and a name other than data and data_base64 (checkAttr's rules), leaving out the parses setJSONString repeats: source's URI and time's
+// timestamp. Where those fail, setJSONString does too, and the thorough path
+// names the rule. (A string, not any: boxing each member was an allocation.)
+func checkFastString(name, s string) bool {
 	switch name {
 	case "source":
-		s, ok := v.(string)
-		return ok && s != "" && uriReferenceChars(s)
+		return s != "" && uriReferenceChars(s)
 	case "time":
-		_, ok := v.(string)
-		return ok
+		return true
 	}
-	return checkJSONMember(-1, name, v) == nil
+	return validAttrName(name) && checkAttr(-1, name, s) == nil
 }
 
 // passesEventRules is what validateEvent checks of a decoded event beyond
@@ -150,11 +144,10 @@ func jsonString(raw string) (string, bool) {
 	return s, iter.Error == nil
 }
 
-// setJSONMember sets a checked member other than data on ec as sdk-go's
-// decoder would, or reports false where that decoder would fail or differ
-// by the member's position.
-func setJSONMember(ec *event.EventContextV1, name string, v any) bool {
-	s, _ := v.(string)
+// setJSONString sets a checked string member other than data on ec as
+// sdk-go's decoder would, or reports false where that decoder would fail or
+// differ by the member's position.
+func setJSONString(ec *event.EventContextV1, name, s string) bool {
 	switch name {
 	case attrSpecVersion:
 		return s == ceSpecVersion
@@ -170,7 +163,8 @@ func setJSONMember(ec *event.EventContextV1, name string, v any) bool {
 		ec.Source = *ref
 	case "subject":
 		if s != "" { // sdk-go drops an empty subject
-			ec.Subject = &s
+			subject := s // only this copy escapes, not s on every call
+			ec.Subject = &subject
 		}
 	case "time":
 		t, err := types.ParseTimestamp(s)
@@ -182,22 +176,32 @@ func setJSONMember(ec *event.EventContextV1, name string, v any) bool {
 		if s == "" { // sdk-go keeps or drops it depending on its position
 			return false
 		}
-		ec.DataContentType = &s
+		dct := s
+		ec.DataContentType = &dct
 	case "dataschema":
 		ec.DataSchema = types.ParseURI(s)
 	default:
-		if n, isNum := v.(json.Number); isNum {
-			// sdk-go reads an extension's number as a float64; checkJSONMember
-			// made sure it is an integer within 32 bits, which both read exactly.
-			f, err := strconv.ParseFloat(string(n), 64)
-			if err != nil {
-				return false
-			}
-			v = f
-		}
-		return ec.SetExtension(name, v) == nil
+		return ec.SetExtension(name, s) == nil
 	}
 	return true
+}
+
+// setJSONExtension sets a checked extension whose value is a number or a
+// boolean on ec as sdk-go's decoder would.
+func setJSONExtension(ec *event.EventContextV1, name string, v any) bool {
+	if _, ok := contextAttrs[name]; ok {
+		return false // checkJSONMember requires a string
+	}
+	if n, isNum := v.(json.Number); isNum {
+		// sdk-go reads an extension's number as a float64; checkJSONMember
+		// made sure it is an integer within 32 bits, which both read exactly.
+		f, err := strconv.ParseFloat(string(n), 64)
+		if err != nil {
+			return false
+		}
+		v = f
+	}
+	return ec.SetExtension(name, v) == nil
 }
 
 // setJSONData sets data or data_base64 (raw, its JSON value) on ev as sdk-go's
