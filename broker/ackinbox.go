@@ -2,12 +2,13 @@ package broker
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -108,18 +109,55 @@ func (p *ackInboxes) publish(msg *nats.Msg) (pendingAck, error) {
 	return pendingAck{p: p, in: in}, nil
 }
 
+// errNoAck is wait's and poll's error when the deadline came first.
+var errNoAck = errors.New("no acknowledgement before the deadline")
+
 // wait returns the PubAck of the publish, or an error: the server refused
 // the message (a *jetstream.APIError), nothing answers on the subject
-// (nats.ErrNoResponders), or ctx ended first.
-func (a pendingAck) wait(ctx context.Context) (jetstream.PubAck, error) {
+// (nats.ErrNoResponders), or deadline delivered first (errNoAck). A timer's
+// channel rather than a context: a context with a deadline per Store was
+// five allocations an event.
+func (a pendingAck) wait(deadline <-chan time.Time) (jetstream.PubAck, error) {
 	select {
 	case msg := <-a.in.replies:
 		a.p.put(a.in)
 		return parsePubAck(msg)
-	case <-ctx.Done():
+	case <-deadline:
 		a.p.discard(a.in)
-		return jetstream.PubAck{}, ctx.Err()
+		return jetstream.PubAck{}, errNoAck
 	}
+}
+
+// poll is wait once the deadline has passed: the answer if it came, else
+// errNoAck.
+func (a pendingAck) poll() (jetstream.PubAck, error) {
+	select {
+	case msg := <-a.in.replies:
+		a.p.put(a.in)
+		return parsePubAck(msg)
+	default:
+		a.p.discard(a.in)
+		return jetstream.PubAck{}, errNoAck
+	}
+}
+
+// timers are stopped timers for publishEach to reuse (since Go 1.23 a
+// stopped or reset timer delivers no stale value).
+var timers sync.Pool
+
+// startTimer returns a timer that fires after d; give it back with
+// stopTimer.
+func startTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func stopTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // parsePubAck reads JetStream's answer to a publish. (A PubAck, not a

@@ -1,12 +1,20 @@
 package broker
 
 import (
-	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-dev/weft/internal/testutil"
 )
 
 func TestParsePubAck(t *testing.T) {
@@ -69,17 +77,14 @@ func TestAckInboxes(t *testing.T) {
 	b, _ := startStoringBroker(t, nil)
 	c := b.conn.Load()
 	p := newAckInboxes(c.nc, 4)
-	ctx := t.Context()
+	never := make(chan time.Time) // no deadline: the test's own timeout bounds it
 	publish := func(id string) (jetstream.PubAck, *ackInbox, error) {
 		t.Helper()
-		msg := nats.NewMsg(eventsSubject)
-		msg.Data = []byte(`{}`)
-		msg.Header.Set(jetstream.MsgIDHeader, id)
-		a, err := p.publish(msg)
+		a, err := p.publish(eventMsgFor(id))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ack, err := a.wait(ctx)
+		ack, err := a.wait(never)
 		return ack, a.in, err
 	}
 	first, in1, err := publish("a")
@@ -112,10 +117,10 @@ func TestAckInboxes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := a.wait(done); !errors.Is(err, context.Canceled) {
-		t.Fatalf("wait with an ended context: %v", err)
+	passed := make(chan time.Time, 1)
+	passed <- time.Now()
+	if _, err := a.wait(passed); !errors.Is(err, errNoAck) {
+		t.Fatalf("wait past its deadline: %v", err)
 	}
 	if a.in.sub.IsValid() {
 		t.Error("an inbox given up on is still subscribed")
@@ -132,7 +137,75 @@ func TestAckInboxes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nowhere.wait(ctx); !errors.Is(err, nats.ErrNoResponders) {
+	if _, err := nowhere.wait(never); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("publish to a subject without a stream: %v, want no responders", err)
+	}
+
+	// Past the deadline, an answer that came is still taken.
+	late, err := p.publish(eventMsgFor("d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(late.in.replies) == 1 }, "no answer to publish d")
+	if ack, err := late.poll(); err != nil || ack.Stream != eventsStream {
+		t.Fatalf("poll after the answer came: %+v, %v", ack, err)
+	}
+}
+
+func eventMsgFor(id string) *nats.Msg {
+	msg := nats.NewMsg(eventsSubject)
+	msg.Data = []byte(`{}`)
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	return msg
+}
+
+// TestPublishEachGivesUpAtItsDeadline: publishEach waits for the answers in
+// order until PublishTimeout; an event unanswered by then fails as
+// unconfirmed, and an answer that came meanwhile still counts. The "stream"
+// is a plain subscriber on a server without JetStream that answers every
+// event but the second.
+func TestPublishEachGivesUpAtItsDeadline(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{DontListen: true, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
+	var seq atomic.Int64
+	if _, err := nc.Subscribe(eventsSubject, func(m *nats.Msg) {
+		if n := seq.Add(1); n != 2 {
+			_ = m.Respond(fmt.Appendf(nil, `{"stream":%q,"seq":%d}`, eventsStream, n))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{DataDir: t.TempDir(), PublishTimeout: 200 * time.Millisecond}, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{nc: nc, acks: newAckInboxes(nc, 4)}
+	batch := []storeItem{{id: "a", data: []byte(`{}`)}, {id: "b", data: []byte(`{}`)}, {id: "c", data: []byte(`{}`)}}
+	results := make([]storeResult, len(batch))
+	b.publishEach(c, batch, []int{0, 1, 2}, results)
+	if results[0].err != nil || results[0].seq != 1 {
+		t.Errorf("first event: %+v, want stored at 1", results[0])
+	}
+	if err := results[1].err; !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no storage confirmation") {
+		t.Errorf("unanswered event: %v, want unconfirmed", err)
+	}
+	if results[2].err != nil || results[2].seq != 3 {
+		t.Errorf("third event, answered while the second was awaited: %+v, want stored at 3", results[2])
+	}
+	c.acks.mu.Lock()
+	defer c.acks.mu.Unlock()
+	if len(c.acks.free) != 2 {
+		t.Errorf("%d inboxes back in the pool, want the 2 answered", len(c.acks.free))
 	}
 }

@@ -323,8 +323,8 @@ func commitAtomic(nc *nats.Conn, timeout time.Duration, stream, id string, msgs 
 // publishEach publishes batch[uniq] message by message, pipelined, and fills
 // results for them.
 func (b *Broker) publishEach(c *conn, batch []storeItem, uniq []int, results []storeResult) {
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
-	defer cancel()
+	timer := startTimer(b.cfg.PublishTimeout)
+	defer stopTimer(timer)
 	pending := make([]pendingAck, len(uniq))
 	for n, i := range uniq {
 		a, err := c.acks.publish(eventMsg(&batch[i]))
@@ -334,15 +334,25 @@ func (b *Broker) publishEach(c *conn, batch []storeItem, uniq []int, results []s
 		}
 		pending[n] = a
 	}
+	late := false // the timer fired: answers not yet in are not waited for
 	for n, i := range uniq {
 		if pending[n].in == nil {
 			continue
 		}
-		ack, err := pending[n].wait(ctx)
+		var (
+			ack jetstream.PubAck
+			err error
+		)
+		if late {
+			ack, err = pending[n].poll()
+		} else {
+			ack, err = pending[n].wait(timer.C)
+			late = errors.Is(err, errNoAck)
+		}
 		switch {
 		case err == nil:
 			results[i] = storeResult{dup: ack.Duplicate, seq: ack.Sequence}
-		case ctx.Err() != nil:
+		case errors.Is(err, errNoAck):
 			results[i] = storeResult{err: fmt.Errorf("%w: no storage confirmation within %s", ErrUnavailable, b.cfg.PublishTimeout)}
 		default:
 			results[i] = storeResult{err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
