@@ -80,7 +80,7 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		items[i].apart = items[i].unmatched != "" && b.dispatching.Load() != nil
 		// Not json.Marshal: it would validate and compact sdk-go's output
 		// again, a tenth of the ingress's CPU.
-		body, err := ev.MarshalJSON()
+		body, err := encodeEvent(ev)
 		if err != nil {
 			release()
 			return fmt.Errorf("encode event %q: %w", ev.ID(), err)

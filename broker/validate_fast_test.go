@@ -74,6 +74,7 @@ func FuzzDecodeJSONEventFast(f *testing.F) {
 		if err := validateEvent(&got, -1); err != nil {
 			t.Fatalf("decoded by the fast path, refused by validateEvent: %v\n%s", err, raw)
 		}
+		assertEncodesAsSDK(t, &got)
 	})
 }
 
@@ -170,5 +171,6 @@ func FuzzDecodeBinary(f *testing.F) {
 		if err := validateEvent(&ev, -1); err != nil {
 			t.Fatalf("decodeBinary accepted what validateEvent refuses: %v\n%q, content type %q", err, lines, contentType)
 		}
+		assertEncodesAsSDK(t, &ev)
 	})
 }
