@@ -31,22 +31,44 @@ func TestEncodeEventMatchesSDK(t *testing.T) {
 		return ev
 	}
 	cases := map[string]func(*event.Event){
-		"bare":            func(*event.Event) {},
-		"escapes":         func(ev *event.Event) { ev.SetID("a\"b\\c\nd\re\tf\x01g\x1fh\x7fi é \u2028") },
-		"all attributes":  func(ev *event.Event) { ev.SetSubject("s"); ev.SetTime(time.Date(2026, 12, 7, 5, 0, 0, 123, time.FixedZone("x", 3600))); ev.SetDataSchema("https://example.com/s") },
-		"JSON data":       func(ev *event.Event) { _ = ev.SetData(event.ApplicationJSON, map[string]any{"a": []int{1, 2}}) },
-		"JSON charset":    func(ev *event.Event) { ev.SetDataContentType("Application/JSON; charset=utf-8"); ev.DataEncoded = []byte(`{"a":1}`) },
-		"no type, data":   func(ev *event.Event) { ev.DataEncoded = []byte(`[1,2]`) },
-		"empty type":      func(ev *event.Event) { ev.SetDataContentType(""); ev.DataEncoded = []byte(`"x"`) },
-		"text data":       func(ev *event.Event) { _ = ev.SetData(event.TextPlain, "line\n\"quoted\"") },
-		"xml data":        func(ev *event.Event) { _ = ev.SetData(event.ApplicationXML, []byte("<a>&</a>")) },
-		"base64 data":     func(ev *event.Event) { ev.SetDataContentType("application/octet-stream"); ev.DataEncoded = []byte{0, 1, 2, 250}; ev.DataBase64 = true },
-		"base64 JSON":     func(ev *event.Event) { ev.DataEncoded = []byte(`{}`); ev.DataBase64 = true },
-		"empty data":      func(ev *event.Event) { ev.DataEncoded = []byte{} },
-		"extensions":      func(ev *event.Event) { ev.SetExtension("zz", "last"); ev.SetExtension("aa", int32(-7)); ev.SetExtension("mm", true); ev.SetExtension(TTLExtension, DefaultTTL) },
-		"many extensions": func(ev *event.Event) { for _, n := range "abcdefghijkl" { ev.SetExtension("x"+string(n), string(n)) } },
-		"URI extension":   func(ev *event.Event) { ev.SetExtension("u", types.URI{URL: *types.ParseURIRef("https://e/x").URL.JoinPath()}) },
-		"time extension":  func(ev *event.Event) { ev.SetExtension("t", types.Timestamp{Time: time.Unix(0, 0)}) },
+		"bare":    func(*event.Event) {},
+		"escapes": func(ev *event.Event) { ev.SetID("a\"b\\c\nd\re\tf\x01g\x1fh\x7fi é \u2028") },
+		"all attributes": func(ev *event.Event) {
+			ev.SetSubject("s")
+			ev.SetTime(time.Date(2026, 12, 7, 5, 0, 0, 123, time.FixedZone("x", 3600)))
+			ev.SetDataSchema("https://example.com/s")
+		},
+		"JSON data": func(ev *event.Event) { _ = ev.SetData(event.ApplicationJSON, map[string]any{"a": []int{1, 2}}) },
+		"JSON charset": func(ev *event.Event) {
+			ev.SetDataContentType("Application/JSON; charset=utf-8")
+			ev.DataEncoded = []byte(`{"a":1}`)
+		},
+		"no type, data": func(ev *event.Event) { ev.DataEncoded = []byte(`[1,2]`) },
+		"empty type":    func(ev *event.Event) { ev.SetDataContentType(""); ev.DataEncoded = []byte(`"x"`) },
+		"text data":     func(ev *event.Event) { _ = ev.SetData(event.TextPlain, "line\n\"quoted\"") },
+		"xml data":      func(ev *event.Event) { _ = ev.SetData(event.ApplicationXML, []byte("<a>&</a>")) },
+		"base64 data": func(ev *event.Event) {
+			ev.SetDataContentType("application/octet-stream")
+			ev.DataEncoded = []byte{0, 1, 2, 250}
+			ev.DataBase64 = true
+		},
+		"base64 JSON": func(ev *event.Event) { ev.DataEncoded = []byte(`{}`); ev.DataBase64 = true },
+		"empty data":  func(ev *event.Event) { ev.DataEncoded = []byte{} },
+		"extensions": func(ev *event.Event) {
+			ev.SetExtension("zz", "last")
+			ev.SetExtension("aa", int32(-7))
+			ev.SetExtension("mm", true)
+			ev.SetExtension(TTLExtension, DefaultTTL)
+		},
+		"many extensions": func(ev *event.Event) {
+			for _, n := range "abcdefghijkl" {
+				ev.SetExtension("x"+string(n), string(n))
+			}
+		},
+		"URI extension": func(ev *event.Event) {
+			ev.SetExtension("u", *types.ParseURI("https://example.com/x"))
+		},
+		"time extension": func(ev *event.Event) { ev.SetExtension("t", types.Timestamp{Time: time.Unix(0, 0)}) },
 	}
 	for name, edit := range cases {
 		t.Run(name, func(t *testing.T) {
