@@ -165,19 +165,7 @@ func eventMsgFor(id string) *nats.Msg {
 // is a plain subscriber on a server without JetStream that answers every
 // event but the second.
 func TestPublishEachGivesUpAtItsDeadline(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{DontListen: true, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
+	nc, _ := startTestServer(t, server.Options{})
 	var seq atomic.Int64
 	if _, err := nc.Subscribe(eventsSubject, func(m *nats.Msg) {
 		if n := seq.Add(1); n != 2 {

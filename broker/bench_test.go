@@ -180,22 +180,9 @@ func runWorkers(b *testing.B, c int, f func() error) {
 // which the pipelined publisher does not use) but with the given retention,
 // reached in-process; it stops when the benchmark ends.
 func refJetStream(b *testing.B, syncAlways bool, retention jetstream.RetentionPolicy) jetstream.JetStream {
-	ns, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: syncAlways,
-		DontListen: true, NoSigs: true, NoLog: true, MaxPayload: 1 << 20,
+	nc, _ := startTestServer(b, server.Options{
+		JetStream: true, StoreDir: filepath.Join(b.TempDir(), "jetstream"), SyncAlways: syncAlways, MaxPayload: 1 << 20,
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		b.Fatal("reference nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		b.Fatal(err)

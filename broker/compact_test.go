@@ -179,19 +179,7 @@ func TestRestartRedeliversOnlyUnacknowledged(t *testing.T) {
 // keep working as work queues while they hold messages.
 func TestWorkQueueStreamsMigrate(t *testing.T) {
 	dir := t.TempDir()
-	ns, err := server.NewServer(&server.Options{ServerName: "weft", JetStream: true, StoreDir: filepath.Join(dir, "jetstream"),
-		DontListen: true, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, stopServer := startTestServer(t, server.Options{ServerName: "weft", JetStream: true, StoreDir: filepath.Join(dir, "jetstream")})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -208,9 +196,7 @@ func TestWorkQueueStreamsMigrate(t *testing.T) {
 	if _, err := js.Publish(ctx, eventsSubject, []byte(`{"specversion":"1.0","id":"old","source":"/old","type":"dev.weft.test"}`)); err != nil {
 		t.Fatal(err)
 	}
-	nc.Close()
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	stopServer()
 
 	retention := func(b *Broker, stream string) jetstream.RetentionPolicy {
 		s, err := b.conn.Load().js.Stream(ctx, stream)
