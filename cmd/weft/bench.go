@@ -395,13 +395,7 @@ func (s *benchSide) summarize() {
 			m.FirstError = r.FirstError
 		}
 	}
-	med := func(f func(loadStats) float64) float64 {
-		v := make([]float64, 0, len(s.Rounds))
-		for _, r := range s.Rounds {
-			v = append(v, f(r))
-		}
-		return median(v)
-	}
+	med := func(f func(loadStats) float64) float64 { return medianOf(s.Rounds, f) }
 	m.EventsPerSec = med(func(r loadStats) float64 { return r.EventsPerSec })
 	m.RequestsPerSec = med(func(r loadStats) float64 { return r.RequestsPerSec })
 	m.P50ms = med(func(r loadStats) float64 { return r.P50ms })

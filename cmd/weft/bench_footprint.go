@@ -140,13 +140,7 @@ type footprintSide struct {
 }
 
 func (s *footprintSide) summarize() {
-	med := func(f func(footprintRound) float64) float64 {
-		v := make([]float64, 0, len(s.Rounds))
-		for _, r := range s.Rounds {
-			v = append(v, f(r))
-		}
-		return median(v)
-	}
+	med := func(f func(footprintRound) float64) float64 { return medianOf(s.Rounds, f) }
 	s.IdleRSS = med(func(r footprintRound) float64 { return float64(r.IdleRSS) })
 	s.PeakRSS = med(func(r footprintRound) float64 { return float64(r.PeakRSS) })
 	s.PerFunctionRSS = med(func(r footprintRound) float64 { return r.PerFunctionRSS })
