@@ -119,12 +119,7 @@ it cannot be reached.`,
 					}
 					return benchIngest(ctx, c, progress)
 				},
-				func(rep *ingestReport) string {
-					if rep.Weft.Accepted > 0 {
-						return ""
-					}
-					return fmt.Sprintf("weft answered no request with 202 (%s)", rep.Weft.failures())
-				})
+				func(rep *ingestReport) string { return rep.Weft.noneAccepted("weft answered no request with 202") })
 		},
 	}
 	f := cmd.Flags()
@@ -169,7 +164,17 @@ type benchSide struct {
 	Rounds []loadStats `json:"rounds"`
 }
 
-func (s benchSide) failures() string {
+// noneAccepted is runBench's nothing check for a side that must have
+// something accepted: "" when it has, else what (the failure) with the
+// counts of what went wrong.
+func (s loadStats) noneAccepted(what string) string {
+	if s.Accepted > 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s (%s)", what, s.failures())
+}
+
+func (s loadStats) failures() string {
 	parts := []string{fmt.Sprintf("%d requests", s.Requests)}
 	for _, c := range []struct {
 		n    int64

@@ -92,12 +92,7 @@ Issue 5's goal 4 is checked: p50 ≤ 1.5 × the sum of the hops' p50s, p99 ≤
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(g, c.validate,
 				func(progress io.Writer) (*e2eReport, error) { return benchE2E(cmd.Context(), c, progress) },
-				func(rep *e2eReport) string {
-					if rep.Weft.Accepted > 0 {
-						return ""
-					}
-					return fmt.Sprintf("no event reached the worker (%s)", rep.Weft.failures())
-				})
+				func(rep *e2eReport) string { return rep.Weft.noneAccepted("no event reached the worker") })
 		},
 	}
 	f := cmd.Flags()

@@ -84,12 +84,7 @@ nothing, 6 when its NATS port cannot be reached.`,
 				func(progress io.Writer) (*natsReport, error) {
 					return benchNATS(ctx, c, func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, node) }, progress)
 				},
-				func(rep *natsReport) string {
-					if rep.Weft.Accepted > 0 {
-						return ""
-					}
-					return fmt.Sprintf("weft acknowledged no event (%s)", rep.Weft.failures())
-				})
+				func(rep *natsReport) string { return rep.Weft.noneAccepted("weft acknowledged no event") })
 		},
 	}
 	f := cmd.Flags()

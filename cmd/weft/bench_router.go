@@ -90,10 +90,7 @@ process and are not counted. Issue 5's goal 6 is checked against nginx.`,
 			return runBench(g, c.validate,
 				func(progress io.Writer) (*routerReport, error) { return benchRouter(cmd.Context(), c, progress) },
 				func(rep *routerReport) string {
-					if rep.Weft.Accepted > 0 {
-						return ""
-					}
-					return fmt.Sprintf("weft's router answered no request with 200 (%s)", benchSide{loadStats: rep.Weft.loadStats}.failures())
+					return rep.Weft.noneAccepted("weft's router answered no request with 200")
 				})
 		},
 	}

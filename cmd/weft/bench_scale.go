@@ -79,12 +79,7 @@ a step's second instance answering within 200 ms + 1.5 × by hand (p50, p90).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(g, c.validate,
 				func(progress io.Writer) (*scaleReport, error) { return benchScale(cmd.Context(), c, progress) },
-				func(rep *scaleReport) string {
-					if rep.Weft.Accepted > 0 {
-						return ""
-					}
-					return fmt.Sprintf("no cold call answered (%s)", rep.Weft.failures())
-				})
+				func(rep *scaleReport) string { return rep.Weft.noneAccepted("no cold call answered") })
 		},
 	}
 	f := cmd.Flags()

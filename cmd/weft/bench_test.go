@@ -278,7 +278,7 @@ func TestBenchRouter(t *testing.T) {
 			t.Errorf("%s not measured: %+v", name, s.loadStats)
 		}
 		if s.Errors+s.Status429+s.Status503+s.StatusOther != 0 {
-			t.Errorf("%s: failures: %s", name, benchSide{loadStats: s.loadStats}.failures())
+			t.Errorf("%s: failures: %s", name, s.failures())
 		}
 		if name != "direct" && s.CPUPerRequestUs <= 0 {
 			t.Errorf("%s: no CPU per request measured", name)
