@@ -37,18 +37,17 @@ func decodeNATSMsg(msg *nats.Msg) ([]event.Event, error) {
 		return nil, err
 	}
 	ct := h.contentType
-	if ct == "" && !h.specVersion {
-		// Structured mode, as most publishers send it.
-		ev, err := decodeStructured(msg.Data, -1)
-		if err != nil {
-			return nil, err
+	var (
+		mediaType string
+		params    map[string]string
+		perr      error
+	)
+	if ct != "" { // most publishers send none (structured mode): nothing to parse
+		mediaType, params, perr = mime.ParseMediaType(ct)
+		if perr != nil {
+			mediaType, _, _ = strings.Cut(ct, ";")
+			mediaType = strings.ToLower(strings.TrimSpace(mediaType))
 		}
-		return []event.Event{ev}, nil
-	}
-	mediaType, params, perr := mime.ParseMediaType(ct)
-	if ct != "" && perr != nil {
-		mediaType, _, _ = strings.Cut(ct, ";")
-		mediaType = strings.ToLower(strings.TrimSpace(mediaType))
 	}
 	switch {
 	case ct != "" && format.IsFormat(mediaType):
