@@ -52,6 +52,10 @@ type Config struct {
 	// (its own default), which is much faster but can lose acknowledged events
 	// when the machine (not just weft) crashes. Default false.
 	RelaxedSync bool
+	// BatchStaging is a memory-backed directory (a tmpfs such as /dev/shm)
+	// where nats-server stages atomic batches before committing them
+	// (staging.go); "" leaves them in DataDir, as nats-server does.
+	BatchStaging string
 	// DedupWindow is how long a (source, id) pair is remembered. Default 2m.
 	DedupWindow time.Duration
 	// MaxStoreBytes caps JetStream's file storage. Zero means nats-server's
@@ -256,15 +260,18 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var stagingLinks []string
 	defer func() {
 		b.conn.Store(nil)
 		c.nc.Close()
 		c.ns.Shutdown()
 		c.ns.WaitForShutdown()
+		b.unlinkBatchStaging(stagingLinks)
 	}()
 	if err := b.ensureStreams(ctx, c); err != nil {
 		return err
 	}
+	stagingLinks = b.linkBatchStaging(c, eventsStream, deliveriesStream)
 	if err := b.resetConsumers(ctx, c); err != nil {
 		return err
 	}
