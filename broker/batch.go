@@ -39,21 +39,29 @@ import (
 // allows 1000 events per batch (streamMaxAtomicBatchSize).
 const (
 	batchMax = 250
-	// atomicMin is the fewest events worth an atomic batch. The server
-	// stages each batch in a file store of its own that it creates, flushes
-	// and deletes, about as long as 16 fsyncs of single messages here
-	// (BenchmarkStoreConcurrent: 4,075 events/s in batches of 17 against
-	// 4,400 pipelined); fewer events are published one by one, pipelined,
-	// and so are the events of Store calls made while fewer than atomicMin
-	// are in flight: they go straight out instead of through the queue.
+	// atomicMin is the fewest events worth an atomic batch when the
+	// server stages batches on disk: it stages each batch in a file store
+	// of its own that it creates, flushes and deletes, about as long as 16
+	// fsyncs of single messages here (BenchmarkStoreConcurrent: 4,075
+	// events/s in batches of 17 against 4,400 pipelined). Fewer events are
+	// published one by one, pipelined, and so are the events of Store calls
+	// made while fewer than that are in flight: they go straight out
+	// instead of through the queue.
 	atomicMin = 16
+	// atomicMinStaged is the same when batches are staged in memory
+	// (staging.go). BenchmarkStoreConcurrent, 4 / 8 / 16 publishers: with 16,
+	// 4.5k / – / 4.4k events/s; with 4, 3.9–4.0k / 5.7–6.3k / 11.0k; with 2,
+	// 3.4–4.1k / 5.9k / 11.4k (batches of 2–3 cost as much as their fsyncs
+	// one by one).
+	atomicMinStaged = 4
 )
 
 // atomicPays reports whether n messages are worth an atomic batch: only
 // with an fsync to share (not under --relaxed-sync) and at least atomicMin
-// of them. Ingress events and fan-out deliveries follow the same rule.
+// (atomicMinStaged) of them. Ingress events and fan-out deliveries follow
+// the same rule.
 func (b *Broker) atomicPays(n int) bool {
-	return !b.cfg.RelaxedSync && n >= atomicMin
+	return !b.cfg.RelaxedSync && n >= int(b.atomicMin.Load())
 }
 
 // Protocol of atomic batch publish (nats-server 2.12+).

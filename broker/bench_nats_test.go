@@ -31,7 +31,7 @@ func BenchmarkNATSIngress(b *testing.B) {
 		mode := map[bool]string{true: "relaxed", false: "always"}[relaxed]
 		for _, c := range []int{16, 64} {
 			b.Run(fmt.Sprintf("sync=%s/c=%d/weft", mode, c), func(b *testing.B) {
-				br, err := New(Config{DataDir: b.TempDir(), NATSAddr: "127.0.0.1:0", RelaxedSync: relaxed, DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
+				br, err := New(Config{DataDir: b.TempDir(), NATSAddr: "127.0.0.1:0", RelaxedSync: relaxed, BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
 				if err != nil {
 					b.Fatal(err)
 				}

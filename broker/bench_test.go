@@ -27,7 +27,7 @@ func BenchmarkStore(b *testing.B) {
 		for _, batch := range []int{1, 100} {
 			name := fmt.Sprintf("sync=%s/batch=%d", map[bool]string{false: "always", true: "relaxed"}[relaxed], batch)
 			b.Run(name, func(b *testing.B) {
-				br, err := New(Config{DataDir: b.TempDir(), RelaxedSync: relaxed, DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
+				br, err := New(Config{DataDir: b.TempDir(), RelaxedSync: relaxed, BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -75,9 +75,9 @@ func BenchmarkStore(b *testing.B) {
 //	go test -run '^$' -bench 'BenchmarkStoreConcurrent' -benchtime 3s -count 3 ./broker/
 func BenchmarkStoreConcurrent(b *testing.B) {
 	data := strings.Repeat("x", 1024)
-	for _, c := range []int{1, 4, 16, 64} {
+	for _, c := range []int{1, 4, 8, 16, 64} {
 		b.Run(fmt.Sprintf("c=%d/weft", c), func(b *testing.B) {
-			br, err := New(Config{DataDir: b.TempDir(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
+			br, err := New(Config{DataDir: b.TempDir(), BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
 			if err != nil {
 				b.Fatal(err)
 			}

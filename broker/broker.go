@@ -165,6 +165,7 @@ type Broker struct {
 	indexVersion atomic.Uint64 // bumped after each index swap (unmatched.go)
 	runID        string        // random, per Broker (unmatched.go)
 	lastToken    atomic.Pointer[versionToken]
+	atomicMin    atomic.Int32  // atomicMin, or atomicMinStaged once batches are staged in memory
 	dispatchGate chan struct{} // closed by StartDispatching
 	gateOnce     sync.Once
 	inflight     chan struct{} // semaphore of publishes awaiting storage
@@ -234,6 +235,7 @@ func New(cfg Config, d Deliverer, m *Metrics, log *slog.Logger) (*Broker, error)
 		runID:        newRunID(),
 	}
 	b.index.Store(triggers.NewIndex(nil))
+	b.atomicMin.Store(atomicMin)
 	b.replays.byID = map[string]*ReplayStatus{}
 	return b, nil
 }
@@ -271,7 +273,11 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.ensureStreams(ctx, c); err != nil {
 		return err
 	}
-	stagingLinks = b.linkBatchStaging(c, eventsStream, deliveriesStream)
+	streams := []string{eventsStream, deliveriesStream} // those taking atomic batches
+	stagingLinks = b.linkBatchStaging(c, streams...)
+	if len(stagingLinks) == len(streams) {
+		b.atomicMin.Store(atomicMinStaged)
+	}
 	if err := b.resetConsumers(ctx, c); err != nil {
 		return err
 	}

@@ -259,7 +259,7 @@ type dispatchFixture struct {
 func newDispatchFixture(b *testing.B, sub *benchSubscriber, n int, storeEveryDelivery bool) *dispatchFixture {
 	// No early start: the backlog, stored while the dispatcher is paused,
 	// must wait for it, as a backlog does.
-	cfg := Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, DrainTimeout: time.Second, storeEveryDelivery: storeEveryDelivery, noEarlyStart: true}
+	cfg := Config{DataDir: b.TempDir(), RelaxedSync: dispatchRelaxed, BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second, storeEveryDelivery: storeEveryDelivery, noEarlyStart: true}
 	br, err := New(cfg, sub, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)

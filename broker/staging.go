@@ -36,6 +36,14 @@ import (
 // it had written, the server logs that it could not finish the batch, and
 // none of the batch's events had been acknowledged.
 
+// DefaultBatchStaging is /dev/shm where there is one (Linux), else "".
+func DefaultBatchStaging() string {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		return "/dev/shm"
+	}
+	return ""
+}
+
 // stagingDir is the directory under Config.BatchStaging that holds this
 // node's staged batches: one per data directory, so that two nodes on one
 // machine do not share it and a restarted node finds its own.

@@ -79,6 +79,10 @@ func TestBatchStagingInMemory(t *testing.T) {
 		}
 	}
 
+	if got := b.atomicMin.Load(); got != atomicMinStaged {
+		t.Fatalf("atomic batches from %d events, want %d with staging in memory", got, atomicMinStaged)
+	}
+
 	// The first message of a batch, without its commit: the server stages it.
 	msg := nats.NewMsg(eventsSubject)
 	msg.Data = []byte(`{}`)
@@ -171,6 +175,9 @@ func TestBatchStagingUnusable(t *testing.T) {
 	b, _ := runStagingBroker(t, dataDir, file)
 	if fi, err := os.Lstat(streamBatchesDir(dataDir, eventsStream)); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		t.Fatal("batches linked to an unusable staging directory")
+	}
+	if got := b.atomicMin.Load(); got != atomicMin {
+		t.Fatalf("atomic batches from %d events, want %d with staging on disk", got, atomicMin)
 	}
 	items := make([]event.Event, atomicMin)
 	for i := range items {

@@ -90,7 +90,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.node, "node", "", "this node's name among those sharing a store (default: the host name)")
 	f.StringVar(&o.inbound, "inbound", "", `address of the mutual-TLS listener other nodes reach this node's functions at ("" = none); with it the node announces its functions in the store's registry`)
 	f.BoolVar(&o.relaxedSync, "relaxed-sync", false, "let JetStream fsync every 2 minutes instead of before each ack (faster; a machine crash can lose acknowledged events)")
-	f.StringVar(&o.batchStaging, "batch-staging", defaultBatchStaging(), `memory-backed directory (tmpfs) where JetStream stages each group-commit batch before storing it; "" = under --data, at the cost of three more synchronous writes per batch`)
+	f.StringVar(&o.batchStaging, "batch-staging", broker.DefaultBatchStaging(), `memory-backed directory (tmpfs) where JetStream stages each group-commit batch before storing it; "" = under --data, at the cost of three more synchronous writes per batch`)
 	f.Int64Var(&o.maxEventBytes, "max-event-bytes", 256<<10, "largest request body the ingress accepts, in bytes (64 KiB to 960 KiB)")
 	f.DurationVar(&o.dedupWindow, "dedup-window", 2*time.Minute, "how long a (source, id) pair is remembered to drop duplicates")
 	f.StringVar(&o.trustDomain, "trust-domain", "weft.local", "SPIFFE trust domain of the node's identities (spiffe://<domain>/fn/<function>)")
@@ -437,12 +437,4 @@ func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
 	l.limit.Do(func() {
 		l.log.Warn(fmt.Sprintf(format, v...), "source", "go-redis", "note", "similar messages are dropped for "+redisLogEvery.String())
 	})
-}
-
-// defaultBatchStaging is /dev/shm where there is one (Linux), else "".
-func defaultBatchStaging() string {
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		return "/dev/shm"
-	}
-	return ""
 }
