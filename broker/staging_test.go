@@ -192,3 +192,34 @@ func TestBatchStagingUnusable(t *testing.T) {
 		t.Fatalf("%d atomic batches, %d fell back: want 1 and none", bt.atomicBatches.Load(), bt.fallbacks.Load())
 	}
 }
+
+// TestBatchStagingLostFallsBack: when the server cannot stage a batch (here
+// the staging directory vanished under a running node, as a full tmpfs
+// refuses one), it refuses the batch, and its events are published one by
+// one: all stored, none lost.
+func TestBatchStagingLostFallsBack(t *testing.T) {
+	dataDir, staging := t.TempDir(), t.TempDir()
+	b, _ := runStagingBroker(t, dataDir, staging)
+	root, err := stagingDir(staging, dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	evs := make([]event.Event, atomicMinStaged)
+	for i := range evs {
+		evs[i] = testEvent("/staging", fmt.Sprintf("lost-%d", i))
+	}
+	its, call := storeItems(t, b, evs)
+	b.commit(b.batcher(), its)
+	if err := callErr(t, call); err != nil {
+		t.Fatal(err)
+	}
+	if bt := b.batcher(); bt.atomicBatches.Load() != 0 || bt.fallbacks.Load() != 1 {
+		t.Fatalf("%d atomic batches, %d fell back: want none and 1", bt.atomicBatches.Load(), bt.fallbacks.Load())
+	}
+	if got := streamMsgs(t, b); got != uint64(len(evs)) {
+		t.Fatalf("stream holds %d events, want %d", got, len(evs))
+	}
+}
