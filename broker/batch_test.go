@@ -39,30 +39,7 @@ func TestConcurrentStoreGroupCommit(t *testing.T) {
 	b, _ := startStoringBroker(t, rec)
 	setTriggers(t, b, triggerYAML("all", "", "{uri: http://all.invalid/}", ""))
 	const workers, per = 2 * atomicMin, 50
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; i < per; {
-				n := 1 + (i/7)%3 // slices of 1, 2 or 3 events
-				n = min(n, per-i)
-				evs := make([]event.Event, n)
-				for k := range evs {
-					evs[k] = testEvent("/w", fmt.Sprintf("%d-%d", w, i+k))
-				}
-				if err := b.Store(context.Background(), evs); err != nil {
-					errs <- err
-					return
-				}
-				i += n
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	storeFromWorkers(t, b, "/w", workers, per, func(i int) int { return 1 + (i/7)%3 }) // slices of 1, 2 or 3 events
 	if got := streamMsgs(t, b); got != workers*per {
 		t.Fatalf("stream holds %d events, want %d", got, workers*per)
 	}
@@ -85,6 +62,36 @@ func TestConcurrentStoreGroupCommit(t *testing.T) {
 	slices.Sort(ids)
 	if len(slices.Compact(ids)) != workers*per {
 		t.Fatalf("dispatched %d distinct of %d deliveries, want %d", len(slices.Compact(ids)), len(ids), workers*per)
+	}
+}
+
+// storeFromWorkers has workers goroutines store per events each through
+// Store, in slices of sliceLen(i) events from the i-th on, and fails t if a
+// call fails. Event ids are <worker>-<i>, sources source.
+func storeFromWorkers(t *testing.T, b *Broker, source string, workers, per int, sliceLen func(i int) int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; i < per; {
+				n := min(sliceLen(i), per-i)
+				evs := make([]event.Event, n)
+				for k := range evs {
+					evs[k] = testEvent(source, fmt.Sprintf("%d-%d", w, i+k))
+				}
+				if err := b.Store(context.Background(), evs); err != nil {
+					errs <- err
+					return
+				}
+				i += n
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 

@@ -97,23 +97,7 @@ func TestBatchStagingInMemory(t *testing.T) {
 	}, "the uncommitted batch was not staged under BatchStaging")
 
 	const workers, per = 2 * atomicMin, 20
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			for i := range per {
-				if err := b.Store(context.Background(), []event.Event{testEvent("/staging", fmt.Sprintf("%d-%d", w, i))}); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	storeFromWorkers(t, b, "/staging", workers, per, func(int) int { return 1 })
 	if got := streamMsgs(t, b); got != workers*per {
 		t.Fatalf("stream holds %d events, want %d", got, workers*per)
 	}
@@ -179,18 +163,8 @@ func TestBatchStagingUnusable(t *testing.T) {
 	if got := b.atomicMin.Load(); got != atomicMin {
 		t.Fatalf("atomic batches from %d events, want %d with staging on disk", got, atomicMin)
 	}
-	items := make([]event.Event, atomicMin)
-	for i := range items {
-		items[i] = testEvent("/staging", fmt.Sprintf("disk-%d", i))
-	}
-	its, call := storeItems(t, b, items)
-	b.commit(b.batcher(), its)
-	if err := callErr(t, call); err != nil {
-		t.Fatal(err)
-	}
-	if bt := b.batcher(); bt.atomicBatches.Load() != 1 || bt.fallbacks.Load() != 0 {
-		t.Fatalf("%d atomic batches, %d fell back: want 1 and none", bt.atomicBatches.Load(), bt.fallbacks.Load())
-	}
+	commitDirect(t, b, "disk", atomicMin)
+	wantBatches(t, b, 1, 0)
 }
 
 // TestBatchStagingLostFallsBack: when the server cannot stage a batch (here
@@ -207,19 +181,33 @@ func TestBatchStagingLostFallsBack(t *testing.T) {
 	if err := os.RemoveAll(root); err != nil {
 		t.Fatal(err)
 	}
-	evs := make([]event.Event, atomicMinStaged)
+	commitDirect(t, b, "lost", atomicMinStaged)
+	wantBatches(t, b, 0, 1)
+	if got := streamMsgs(t, b); got != atomicMinStaged {
+		t.Fatalf("stream holds %d events, want %d", got, atomicMinStaged)
+	}
+}
+
+// commitDirect commits n new events as one batch, as the committer would,
+// and fails t if they are not all stored.
+func commitDirect(t *testing.T, b *Broker, idPrefix string, n int) {
+	t.Helper()
+	evs := make([]event.Event, n)
 	for i := range evs {
-		evs[i] = testEvent("/staging", fmt.Sprintf("lost-%d", i))
+		evs[i] = testEvent("/staging", fmt.Sprintf("%s-%d", idPrefix, i))
 	}
 	its, call := storeItems(t, b, evs)
 	b.commit(b.batcher(), its)
 	if err := callErr(t, call); err != nil {
 		t.Fatal(err)
 	}
-	if bt := b.batcher(); bt.atomicBatches.Load() != 0 || bt.fallbacks.Load() != 1 {
-		t.Fatalf("%d atomic batches, %d fell back: want none and 1", bt.atomicBatches.Load(), bt.fallbacks.Load())
-	}
-	if got := streamMsgs(t, b); got != uint64(len(evs)) {
-		t.Fatalf("stream holds %d events, want %d", got, len(evs))
+}
+
+// wantBatches fails t unless b committed atomic batches and fell back to
+// publishing one by one as many times as given.
+func wantBatches(t *testing.T, b *Broker, atomic, fallbacks uint64) {
+	t.Helper()
+	if bt := b.batcher(); bt.atomicBatches.Load() != atomic || bt.fallbacks.Load() != fallbacks {
+		t.Fatalf("%d atomic batches, %d fell back: want %d and %d", bt.atomicBatches.Load(), bt.fallbacks.Load(), atomic, fallbacks)
 	}
 }
