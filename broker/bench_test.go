@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -196,4 +197,85 @@ func refJetStream(b *testing.B, syncAlways bool, retention jetstream.RetentionPo
 		b.Fatal(err)
 	}
 	return js
+}
+
+// BenchmarkStoreLatency compares, at one publisher, the latency of
+// Broker.Store with one event (fsync before the answer) and of one
+// JetStream publish waited for (nats.go, SyncAlways, WEFT_EVENTS' settings),
+// alternating A B A B in one run. back-to-back: each call follows the last
+// at once, as the bench's JetStream reference publishes. idle: the process
+// sleeps before each call, as a node idles while its HTTP client turns a 202
+// into the next request, and its threads park in between (goal 3 of issue 5
+// compares weft over HTTP, which always has that pause, with a reference
+// that never has it). It reports p50 and p99 of each side in µs, weft ÷
+// JetStream, and the mean pause.
+//
+//	go test -run '^$' -bench BenchmarkStoreLatency -benchtime 3000x ./broker/
+func BenchmarkStoreLatency(b *testing.B) {
+	data := strings.Repeat("x", 1024)
+	for _, pace := range []struct {
+		name  string
+		pause time.Duration
+	}{{"back-to-back", 0}, {"idle", 150 * time.Microsecond}} {
+		b.Run(pace.name, func(b *testing.B) {
+			br, err := New(Config{DataDir: b.TempDir(), BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- br.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			<-br.Ready()
+			js := refJetStream(b, true, jetstream.LimitsPolicy)
+			body := []byte(data)
+			var weft, ref []time.Duration
+			var paused time.Duration
+			pause := func() {
+				if pace.pause > 0 {
+					t := time.Now()
+					time.Sleep(pace.pause) // pacing, not synchronisation: the idle time between requests
+					paused += time.Since(t)
+				}
+			}
+			n := 0
+			for b.Loop() {
+				n++
+				ev := event.New()
+				ev.SetID(fmt.Sprint(n))
+				ev.SetSource("/bench")
+				ev.SetType("bench")
+				_ = ev.SetData("text/plain", data)
+				pause()
+				t0 := time.Now()
+				if err := br.Store(ctx, []event.Event{ev}); err != nil {
+					b.Fatal(err)
+				}
+				weft = append(weft, time.Since(t0))
+				msg := nats.NewMsg(eventsSubject)
+				msg.Data = body
+				pause()
+				t0 = time.Now()
+				if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(fmt.Sprint(n)), jetstream.WithExpectStream(eventsStream)); err != nil {
+					b.Fatal(err)
+				}
+				ref = append(ref, time.Since(t0))
+			}
+			w50, w99 := percentiles(weft)
+			r50, r99 := percentiles(ref)
+			b.ReportMetric(w50, "weft-p50-µs")
+			b.ReportMetric(w99, "weft-p99-µs")
+			b.ReportMetric(r50, "js-p50-µs")
+			b.ReportMetric(r99, "js-p99-µs")
+			b.ReportMetric(w50/r50, "p50-ratio")
+			b.ReportMetric(float64(paused)/float64(2*n)/float64(time.Microsecond), "pause-µs")
+		})
+	}
+}
+
+// percentiles returns the p50 and p99 of d in µs; it sorts d.
+func percentiles(d []time.Duration) (p50, p99 float64) {
+	slices.Sort(d)
+	at := func(q float64) float64 { return float64(d[int(q*float64(len(d)-1))]) / float64(time.Microsecond) }
+	return at(0.50), at(0.99)
 }
