@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -31,15 +30,7 @@ func BenchmarkNATSIngress(b *testing.B) {
 		mode := map[bool]string{true: "relaxed", false: "always"}[relaxed]
 		for _, c := range []int{16, 64} {
 			b.Run(fmt.Sprintf("sync=%s/c=%d/weft", mode, c), func(b *testing.B) {
-				br, err := New(Config{DataDir: b.TempDir(), NATSAddr: "127.0.0.1:0", RelaxedSync: relaxed, BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
-				if err != nil {
-					b.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan error, 1)
-				go func() { done <- br.Run(ctx) }()
-				defer func() { cancel(); <-done }()
-				<-br.Ready()
+				br, _ := runBenchBroker(b, func(c *Config) { c.NATSAddr, c.RelaxedSync = "127.0.0.1:0", relaxed })
 				nc, err := nats.Connect(br.NATSURL())
 				if err != nil {
 					b.Fatal(err)

@@ -28,15 +28,7 @@ func BenchmarkStore(b *testing.B) {
 		for _, batch := range []int{1, 100} {
 			name := fmt.Sprintf("sync=%s/batch=%d", map[bool]string{false: "always", true: "relaxed"}[relaxed], batch)
 			b.Run(name, func(b *testing.B) {
-				br, err := New(Config{DataDir: b.TempDir(), RelaxedSync: relaxed, BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
-				if err != nil {
-					b.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan error, 1)
-				go func() { done <- br.Run(ctx) }()
-				defer func() { cancel(); <-done }()
-				<-br.Ready()
+				br, ctx := runBenchBroker(b, func(c *Config) { c.RelaxedSync = relaxed })
 				evs := make([]event.Event, batch)
 				n := 0
 				b.ReportAllocs()
@@ -78,15 +70,7 @@ func BenchmarkStoreConcurrent(b *testing.B) {
 	data := strings.Repeat("x", 1024)
 	for _, c := range []int{1, 4, 8, 16, 64} {
 		b.Run(fmt.Sprintf("c=%d/weft", c), func(b *testing.B) {
-			br, err := New(Config{DataDir: b.TempDir(), BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- br.Run(ctx) }()
-			defer func() { cancel(); <-done }()
-			<-br.Ready()
+			br, ctx := runBenchBroker(b, nil)
 			var next atomic.Int64
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -218,15 +202,7 @@ func BenchmarkStoreLatency(b *testing.B) {
 		pause time.Duration
 	}{{"back-to-back", 0}, {"idle", 150 * time.Microsecond}} {
 		b.Run(pace.name, func(b *testing.B) {
-			br, err := New(Config{DataDir: b.TempDir(), BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}, nil, nil, slog.New(slog.DiscardHandler))
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- br.Run(ctx) }()
-			defer func() { cancel(); <-done }()
-			<-br.Ready()
+			br, ctx := runBenchBroker(b, nil)
 			js := refJetStream(b, true, jetstream.LimitsPolicy)
 			body := []byte(data)
 			var weft, ref []time.Duration
@@ -278,4 +254,24 @@ func percentiles(d []time.Duration) (p50, p99 float64) {
 	slices.Sort(d)
 	at := func(q float64) float64 { return float64(d[int(q*float64(len(d)-1))]) / float64(time.Microsecond) }
 	return at(0.50), at(0.99)
+}
+
+// runBenchBroker runs a broker for b, with fsync per ack and atomic batches
+// staged in memory unless edit changes its Config; it stops when b's run
+// ends. The context is the broker's.
+func runBenchBroker(b *testing.B, edit func(*Config)) (*Broker, context.Context) {
+	cfg := Config{DataDir: b.TempDir(), BatchStaging: DefaultBatchStaging(), DrainTimeout: time.Second}
+	if edit != nil {
+		edit(&cfg)
+	}
+	br, err := New(cfg, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- br.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	<-br.Ready()
+	return br, ctx
 }
