@@ -188,10 +188,10 @@ func refJetStream(b *testing.B, syncAlways bool, retention jetstream.RetentionPo
 // JetStream publish waited for (nats.go, SyncAlways, WEFT_EVENTS' settings),
 // alternating A B A B in one run. back-to-back: each call follows the last
 // at once, as the bench's JetStream reference publishes. idle: the process
-// sleeps before each call, as a node idles while its HTTP client turns a 202
-// into the next request, and its threads park in between (goal 3 of issue 5
-// compares weft over HTTP, which always has that pause, with a reference
-// that never has it). It reports p50 and p99 of each side in µs, weft ÷
+// waits on a timer before each call, as a node idles while its HTTP client
+// turns a 202 into the next request, and its threads park in between (goal
+// 3 of issue 5 compares weft over HTTP, which always has that pause, with a
+// reference that never has it). It reports p50 and p99 of each side in µs, weft ÷
 // JetStream, and the mean pause.
 //
 //	go test -run '^$' -bench BenchmarkStoreLatency -benchtime 3000x ./broker/
@@ -207,10 +207,13 @@ func BenchmarkStoreLatency(b *testing.B) {
 			body := []byte(data)
 			var weft, ref []time.Duration
 			var paused time.Duration
-			pause := func() {
+			idle := time.NewTimer(time.Hour)
+			idle.Stop()
+			pause := func() { // the idle time between requests, not a synchronisation
 				if pace.pause > 0 {
 					t := time.Now()
-					time.Sleep(pace.pause) // pacing, not synchronisation: the idle time between requests
+					idle.Reset(pace.pause)
+					<-idle.C
 					paused += time.Since(t)
 				}
 			}
