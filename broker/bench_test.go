@@ -191,8 +191,8 @@ func refJetStream(b *testing.B, syncAlways bool, retention jetstream.RetentionPo
 // waits on a timer before each call, as a node idles while its HTTP client
 // turns a 202 into the next request, and its threads park in between (goal
 // 3 of issue 5 compares weft over HTTP, which always has that pause, with a
-// reference that never has it). It reports p50 and p99 of each side in µs, weft ÷
-// JetStream, and the mean pause.
+// reference that never has it). It reports p50 and p99 of each side in
+// µs, weft ÷ JetStream, and the mean pause.
 //
 //	go test -run '^$' -bench BenchmarkStoreLatency -benchtime 3000x ./broker/
 func BenchmarkStoreLatency(b *testing.B) {
