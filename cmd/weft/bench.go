@@ -58,6 +58,9 @@ type ingestConfig struct {
 	// measured in the same rounds (goals 1b and 2a; with JetStream, a second
 	// JetStream reference synced on an interval too).
 	RelaxedServer string
+	// Client is the HTTP client of every HTTP side: clientFastHTTP (also
+	// when empty) or clientNetHTTP.
+	Client string
 }
 
 func (c ingestConfig) validate() error {
@@ -74,10 +77,20 @@ func (c ingestConfig) validate() error {
 		return fmt.Errorf("--mode %q: want binary, structured or batch", c.Mode)
 	case c.Mode == "batch" && c.Batch < 1:
 		return fmt.Errorf("--batch %d: want at least 1", c.Batch)
+	case c.Client != "" && c.Client != clientFastHTTP && c.Client != clientNetHTTP:
+		return fmt.Errorf("--client %q: want %s or %s", c.Client, clientFastHTTP, clientNetHTTP)
 	case c.RelaxedServer != "" && c.Relaxed:
 		return fmt.Errorf("--relaxed-server with --relaxed-sync: --relaxed-sync says --server itself syncs on an interval; give one or the other")
 	}
 	return nil
+}
+
+// client is the HTTP client the load is sent with.
+func (c ingestConfig) client() string {
+	if c.Client == "" {
+		return clientFastHTTP
+	}
+	return c.Client
 }
 
 // eventsPerRequest is how many events one 202 answer stores.
@@ -89,7 +102,7 @@ func (c ingestConfig) eventsPerRequest() int {
 }
 
 func newBenchIngestCmd(g *globals) *cobra.Command {
-	c := ingestConfig{Duration: 10 * time.Second, Concurrency: 16, Size: 1024, Rounds: 3, Mode: "binary", Batch: 10}
+	c := ingestConfig{Duration: 10 * time.Second, Concurrency: 16, Size: 1024, Rounds: 3, Mode: "binary", Batch: 10, Client: clientFastHTTP}
 	cmd := &cobra.Command{
 		Use:   "ingest [--duration 10s] [--concurrency 16] [--size 1024] [--rounds 3] [--mode binary|structured|batch]",
 		Short: "HTTP ingress throughput and POST→202 latency, against a bare Go HTTP server answering 202",
@@ -99,6 +112,10 @@ The same client then drives a bare Go HTTP server started in this process on
 127.0.0.1:0, which reads the body and answers 202: the HTTP ceiling of this
 machine. Rounds interleave weft and the reference; the table shows medians over
 rounds, the ratio weft ÷ reference and the machine's load.
+
+The client is fasthttp's, which spends about half the CPU per request of
+net/http's (--client net/http): the client shares the machine with the node,
+and what it spends the node does not get.
 
 Latency percentiles are of 202 answers. 429, 503, other statuses and transport
 errors are counted apart. Exit 1 when weft answered nothing but errors, 6 when
@@ -132,6 +149,7 @@ it cannot be reached.`,
 	f.BoolVar(&c.JetStream, "jetstream", true, "also measure JetStream alone, embedded in this process, with the same publishers")
 	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync")
 	f.StringVar(&c.RelaxedServer, "relaxed-server", "", "URL of a second node run with --relaxed-sync, measured in the same rounds (durability tax, goals 1b and 2a)")
+	f.StringVar(&c.Client, "client", c.Client, "HTTP client of the load: fasthttp or net/http")
 	return cmd
 }
 
@@ -197,6 +215,7 @@ type ingestReport struct {
 	Mode        string     `json:"mode"`
 	Size        int        `json:"size"`
 	Batch       int        `json:"batch,omitempty"`
+	Client      string     `json:"client"`
 	Concurrency int        `json:"concurrency"`
 	Duration    string     `json:"duration"`
 	Rounds      int        `json:"rounds"`
@@ -253,7 +272,7 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 		return nil, err
 	}
 	defer stopRef()
-	rep := &ingestReport{Scenario: "ingest", Date: time.Now().UTC().Truncate(time.Second), Mode: cfg.Mode, Size: cfg.Size,
+	rep := &ingestReport{Scenario: "ingest", Date: time.Now().UTC().Truncate(time.Second), Mode: cfg.Mode, Size: cfg.Size, Client: cfg.client(),
 		Concurrency: cfg.Concurrency, Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
 		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
 	if cfg.Mode == "batch" {
@@ -419,28 +438,36 @@ func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sen
 		return loadStats{}, fmt.Errorf("generate run id: %w", err)
 	}
 	gen := newEventGen(cfg, runID.String())
-	return driveLoad(ctx, loadSpec{
+	spec := loadSpec{
 		Concurrency: cfg.Concurrency,
 		Duration:    cfg.Duration,
 		OK:          http.StatusAccepted,
 		PerRequest:  cfg.eventsPerRequest(),
-		NewRequest: func(ctx context.Context, w, seq int) (*http.Request, error) {
-			// A fresh buffer each time: the transport may still read
-			// a body after Do returns (an early answer).
-			buf := gen.body(make([]byte, 0, gen.sizeHint()), w, seq)
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(buf))
-			if err != nil {
-				return nil, err
-			}
-			gen.header(req.Header, w, seq)
-			return req, nil
-		},
-	}, tick)
+	}
+	if cfg.client() == clientFastHTTP {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		client := newFastIngestClient(ctx, target, cfg.Concurrency, gen)
+		defer client.close()
+		spec.NewSender = client.sender
+		return driveLoad(ctx, spec, tick)
+	}
+	spec.NewRequest = func(ctx context.Context, w, seq int) (*http.Request, error) {
+		// A fresh buffer each time: the transport may still read
+		// a body after Do returns (an early answer).
+		buf := gen.body(make([]byte, 0, gen.sizeHint()), w, seq)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(buf))
+		if err != nil {
+			return nil, err
+		}
+		gen.httpHeader(req.Header, w, seq)
+		return req, nil
+	}
+	return driveLoad(ctx, spec, tick)
 }
 
 // loadSpec is one closed-loop run: Concurrency workers, one keep-alive
-// connection each, send NewRequest's requests one after the other for
-// Duration.
+// connection each, send requests one after the other for Duration.
 type loadSpec struct {
 	Concurrency int
 	Duration    time.Duration
@@ -451,8 +478,11 @@ type loadSpec struct {
 	// Proxy, when set, is the forward proxy every request goes through, as
 	// HTTP_PROXY would make it (absolute-form requests).
 	Proxy *url.URL
-	// NewRequest builds request seq of worker w.
+	// NewRequest builds request seq of worker w, sent with net/http's client.
 	NewRequest func(ctx context.Context, w, seq int) (*http.Request, error)
+	// NewSender, when set, is used instead of NewRequest and net/http: it
+	// returns worker w's sender and what to call when the worker is done.
+	NewSender func(w int) (sendFunc, func())
 }
 
 // driveLoad runs spec. Requests in flight at the deadline are waited for
@@ -473,6 +503,10 @@ func driveLoad(ctx context.Context, spec loadSpec, tick func(sent int64, elapsed
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	newSender := spec.NewSender
+	if newSender == nil {
+		newSender = func(w int) (sendFunc, func()) { return netHTTPSender(client, spec.NewRequest, w), func() {} }
+	}
 
 	type result struct {
 		st  loadStats
@@ -487,15 +521,15 @@ func driveLoad(ctx context.Context, spec loadSpec, tick func(sent int64, elapsed
 		wg.Go(func() {
 			res := &results[w]
 			res.lat = make([]time.Duration, 0, 1024)
+			send, release := newSender(w)
+			defer release()
 			for seq := 0; ctx.Err() == nil && time.Now().Before(deadline); seq++ {
-				req, err := spec.NewRequest(ctx, w, seq)
-				if err != nil {
+				status, d, err := send(ctx, seq)
+				if errors.As(err, new(requestError)) {
 					res.st.Errors++
 					res.st.FirstError = err.Error()
 					return
 				}
-				t0 := time.Now()
-				resp, err := client.Do(req)
 				sent.Add(1)
 				res.st.Requests++
 				if err != nil {
@@ -505,10 +539,7 @@ func driveLoad(ctx context.Context, spec loadSpec, tick func(sent int64, elapsed
 					}
 					continue
 				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				d := time.Since(t0)
-				switch resp.StatusCode {
+				switch status {
 				case spec.OK:
 					res.st.Accepted++
 					res.lat = append(res.lat, d)
@@ -519,7 +550,7 @@ func driveLoad(ctx context.Context, spec loadSpec, tick func(sent int64, elapsed
 				default:
 					res.st.StatusOther++
 					if res.st.FirstError == "" {
-						res.st.FirstError = "status " + resp.Status
+						res.st.FirstError = "status " + strconv.Itoa(status) + " " + http.StatusText(status)
 					}
 				}
 			}
@@ -639,20 +670,26 @@ func (g *eventGen) body(b []byte, w, seq int) []byte {
 	return append(b, g.data...)
 }
 
-// header sets the content type and, in binary mode, the ce- attributes.
-func (g *eventGen) header(h http.Header, w, seq int) {
+// header calls set with each header of request seq of worker w: the
+// content type and, in binary mode, the ce- attributes.
+func (g *eventGen) header(w, seq int, set func(name, value string)) {
 	switch g.mode {
 	case "structured":
-		h["Content-Type"] = []string{"application/cloudevents+json"}
+		set("Content-Type", "application/cloudevents+json")
 	case "batch":
-		h["Content-Type"] = []string{"application/cloudevents-batch+json"}
+		set("Content-Type", "application/cloudevents-batch+json")
 	default:
-		h["Content-Type"] = []string{"application/json"}
-		h["Ce-Specversion"] = []string{"1.0"}
-		h["Ce-Id"] = []string{string(g.id(nil, w, seq, 0))}
-		h["Ce-Source"] = []string{benchSource}
-		h["Ce-Type"] = []string{benchType}
+		set("Content-Type", "application/json")
+		set("Ce-Specversion", "1.0")
+		set("Ce-Id", string(g.id(nil, w, seq, 0)))
+		set("Ce-Source", benchSource)
+		set("Ce-Type", benchType)
 	}
+}
+
+// httpHeader sets header's headers on h.
+func (g *eventGen) httpHeader(h http.Header, w, seq int) {
+	g.header(w, seq, func(name, value string) { h[name] = []string{value} })
 }
 
 // startReference starts the HTTP ceiling: a bare net/http server on
@@ -685,7 +722,7 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if r.Mode == "batch" {
 		mode = fmt.Sprintf("batch of %d", r.Batch)
 	}
-	fmt.Fprintf(w, "ingest: %s, %d B data, concurrency %d, %d rounds of %s each, medians\n", mode, r.Size, r.Concurrency, r.Rounds, r.Duration)
+	fmt.Fprintf(w, "ingest: %s, %d B data, concurrency %d, %d rounds of %s each, medians, %s client\n", mode, r.Size, r.Concurrency, r.Rounds, r.Duration, r.Client)
 	fmt.Fprintf(w, "weft %s   reference: bare Go HTTP server answering 202 at %s\n\n", r.Weft.Target, r.Reference.Target)
 	if err := writeSideBySide(w, r.Weft, r.Reference, sideBySideRows{requests: true, accepted: "202 (all rounds)", other: "other status"}); err != nil {
 		return err

@@ -304,7 +304,7 @@ spec:
 	if err := e2eWarmUp(ctx, node, base, gen, reports); err != nil {
 		return nil, err
 	}
-	one := ingestConfig{Duration: cfg.Duration, Concurrency: 1, Size: cfg.Size, Rounds: 1, Mode: "binary"}
+	one := ingestConfig{Duration: cfg.Duration, Concurrency: 1, Size: cfg.Size, Rounds: 1, Mode: "binary", Client: clientNetHTTP} // as e2eClient, which measures weft
 	for r := 1; r <= cfg.Rounds; r++ {
 		say := func(what string) {
 			if progress != nil {
@@ -344,7 +344,7 @@ spec:
 				if err != nil {
 					return nil, err
 				}
-				wgen.header(req.Header, w, seq)
+				wgen.httpHeader(req.Header, w, seq)
 				req.Header.Set("Ce-Type", e2eType)
 				return req, nil
 			}}, nil); err != nil {
@@ -497,7 +497,7 @@ func e2ePost(ctx context.Context, c *http.Client, base string, gen *eventGen, w,
 	if err != nil {
 		return err
 	}
-	gen.header(req.Header, w, seq)
+	gen.httpHeader(req.Header, w, seq)
 	req.Header.Set("Ce-Type", e2eType)
 	resp, err := c.Do(req)
 	if err != nil {

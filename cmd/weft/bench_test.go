@@ -25,16 +25,24 @@ import (
 )
 
 // ingestStub stands in for weft's ingress: it answers every POST with
-// status and records the ids it saw.
+// status and records the ids it saw; a binary-mode request that lacks an
+// attribute, or whose body is not the event's data, is recorded under the
+// id "malformed".
 func ingestStub(t *testing.T, status int) (*httptest.Server, func() map[string]int) {
 	t.Helper()
 	var mu sync.Mutex
 	ids := map[string]int{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(r.Body)
 		if r.Method == http.MethodPost {
+			id := r.Header.Get("Ce-Id")
+			h := r.Header
+			if h.Get("Ce-Specversion") != "1.0" || h.Get("Ce-Source") != benchSource || h.Get("Ce-Type") != benchType ||
+				h.Get("Content-Type") != "application/json" || !json.Valid(body) || id == "" {
+				id = "malformed"
+			}
 			mu.Lock()
-			ids[r.Header.Get("Ce-Id")]++
+			ids[id]++
 			mu.Unlock()
 		}
 		w.WriteHeader(status)
@@ -48,11 +56,20 @@ func ingestStub(t *testing.T, status int) (*httptest.Server, func() map[string]i
 }
 
 func TestBenchIngest(t *testing.T) {
+	for _, client := range []string{clientFastHTTP, clientNetHTTP} {
+		t.Run(strings.ReplaceAll(client, "/", ""), func(t *testing.T) { testBenchIngest(t, client) })
+	}
+}
+
+func testBenchIngest(t *testing.T, client string) {
 	srv, ids := ingestStub(t, http.StatusAccepted)
-	cfg := ingestConfig{Server: srv.URL, Duration: time.Second, Concurrency: 4, Size: 256, Rounds: 1, Mode: "binary"}
+	cfg := ingestConfig{Server: srv.URL, Duration: time.Second, Concurrency: 4, Size: 256, Rounds: 1, Mode: "binary", Client: client}
 	rep, err := benchIngest(t.Context(), cfg, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if rep.Client != client {
+		t.Errorf("report's client %q, want %q", rep.Client, client)
 	}
 	for name, s := range map[string]benchSide{"weft": rep.Weft, "reference": rep.Reference} {
 		if s.EventsPerSec <= 0 || s.RequestsPerSec <= 0 || s.Accepted == 0 {
@@ -74,8 +91,12 @@ func TestBenchIngest(t *testing.T) {
 	if rep.Machine.CPUs < 1 {
 		t.Errorf("machine: %+v", rep.Machine)
 	}
-	// Every request carried a new id: the node would drop duplicates.
+	// Every request was a whole event with a new id: the node would drop
+	// duplicates.
 	seen := ids()
+	if seen["malformed"] > 0 {
+		t.Errorf("%d requests were not a binary-mode event", seen["malformed"])
+	}
 	if int64(len(seen)) != rep.Weft.Requests {
 		t.Errorf("%d distinct ids for %d requests", len(seen), rep.Weft.Requests)
 	}
@@ -103,8 +124,11 @@ func TestBenchIngest(t *testing.T) {
 }
 
 func TestBenchIngestModes(t *testing.T) {
-	for _, mode := range []string{"structured", "batch"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, c := range []struct{ mode, client string }{
+		{"structured", clientFastHTTP}, {"batch", clientFastHTTP}, {"structured", clientNetHTTP}, {"batch", clientNetHTTP},
+	} {
+		mode := c.mode
+		t.Run(mode+"/"+strings.ReplaceAll(c.client, "/", ""), func(t *testing.T) {
 			t.Parallel()
 			var mu sync.Mutex
 			var bodies [][]byte
@@ -117,7 +141,7 @@ func TestBenchIngestModes(t *testing.T) {
 				w.WriteHeader(http.StatusAccepted)
 			}))
 			defer srv.Close()
-			cfg := ingestConfig{Duration: 50 * time.Millisecond, Concurrency: 2, Size: 100, Rounds: 1, Mode: mode, Batch: 3}
+			cfg := ingestConfig{Duration: 50 * time.Millisecond, Concurrency: 2, Size: 100, Rounds: 1, Mode: mode, Batch: 3, Client: c.client}
 			st, err := runLoad(t.Context(), srv.URL+"/", cfg, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -188,6 +212,40 @@ func TestBenchIngestCounts503(t *testing.T) {
 	}
 }
 
+// fasthttp's client takes no context: a node that stops answering must not
+// hold the bench past its context for the client's 30-second timeout.
+func TestBenchIngestFastHTTPHonoursContext(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		<-release // never answers while the test runs
+	}))
+	defer srv.Close()
+	defer close(release)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		cfg := ingestConfig{Duration: time.Hour, Concurrency: 2, Size: 10, Rounds: 1, Mode: "binary", Client: clientFastHTTP}
+		_, err := runLoad(ctx, srv.URL+"/", cfg, nil)
+		done <- err
+	}()
+	<-arrived
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("runLoad after its context ended: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("runLoad still waits for an answer 10 s after its context ended (the client's own timeout is 30 s)")
+	}
+}
+
 func TestBenchIngestUnreachable(t *testing.T) {
 	var out bytes.Buffer
 	g := &globals{server: "http://" + testutil.RefusingAddr(t), output: "table", stdout: &out, stderr: &out}
@@ -204,6 +262,7 @@ func TestBenchIngestUsage(t *testing.T) {
 	for _, args := range [][]string{
 		{"ingest", "--mode", "carrier-pigeon"},
 		{"ingest", "--concurrency", "0"},
+		{"ingest", "--client", "curl"},
 		{"ingest", "--mode", "batch", "--batch", "0"},
 		{"ingest", "--relaxed-sync", "--relaxed-server", "http://127.0.0.1:1"},
 		{"nats", "--concurrency", "0"},
