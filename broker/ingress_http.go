@@ -247,7 +247,10 @@ func (h *ingressHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byt
 	_ = rc.SetReadDeadline(time.Now().Add(h.cfg.ReadTimeout))
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		// ReadFrom wants MinRead bytes free before each read, the one that
+		// finds EOF included: without them a body of exactly ContentLength
+		// bytes is copied once more into a buffer twice its size.
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
 	var tooLarge *http.MaxBytesError
