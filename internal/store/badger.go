@@ -64,7 +64,20 @@ type Badger struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	// closeWait bounds Close's wait for the database to close: Badger
+	// retries a memtable flush that fails (its directory removed, a failing
+	// disk) every second, forever, and a node must still stop.
+	closeWait time.Duration
+	dbClosed  chan struct{} // closed when the database has closed, in time or not
 }
+
+// closeWait is Badger.closeWait's value outside tests.
+const closeWait = 10 * time.Second
+
+// ErrCloseTimeout is Close's error when the database did not close in time;
+// whatever Badger had not flushed is in its write-ahead log, replayed when
+// the store is opened again.
+var ErrCloseTimeout = errors.New("database still closing")
 
 var _ Store = (*Badger)(nil)
 
@@ -100,7 +113,7 @@ func openBadger(dir string, log *slog.Logger, every time.Duration) (*Badger, err
 	if err != nil {
 		return nil, fmt.Errorf("open badger store in %s: %w", dir, err)
 	}
-	b := &Badger{db: db, log: log, stop: make(chan struct{})}
+	b := &Badger{db: db, log: log, stop: make(chan struct{}), closeWait: closeWait, dbClosed: make(chan struct{})}
 	b.gcDone.Add(1)
 	go b.collectGarbage(every)
 	return b, nil
@@ -294,8 +307,22 @@ func (b *Badger) Close() error {
 		b.bg.Wait() // the subscription and sweep read db
 		close(b.stop)
 		b.gcDone.Wait() // RunValueLogGC must not race db.Close
-		if err := b.db.Close(); err != nil {
-			b.closeErr = fmt.Errorf("close badger store: %w", err)
+		closed := make(chan error, 1)
+		// Owned by Close, which waits for it unless it outlasts closeWait;
+		// then the process is about to exit, or the caller waits on dbClosed.
+		go func() {
+			defer close(b.dbClosed)
+			closed <- b.db.Close()
+		}()
+		t := time.NewTimer(b.closeWait)
+		defer t.Stop()
+		select {
+		case err := <-closed:
+			if err != nil {
+				b.closeErr = fmt.Errorf("close badger store: %w", err)
+			}
+		case <-t.C:
+			b.closeErr = fmt.Errorf("close badger store: %w after %s (the log says what Badger cannot write)", ErrCloseTimeout, b.closeWait)
 		}
 	})
 	return b.closeErr

@@ -3,7 +3,10 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -99,4 +102,42 @@ func (r *recorder) messages() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.msgs...)
+}
+
+// A store whose directory is removed under it cannot flush its memtable, and
+// Badger retries that flush for ever; Close must still return, so that a node
+// stops on SIGTERM. Once the directory is back, the flush succeeds and the
+// database closes in the background.
+func TestBadgerCloseWithoutItsDirectory(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "store")
+	b, err := OpenBadger(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.closeWait = 500 * time.Millisecond
+	if err := b.Put(t.Context(), "k", []byte("v")); err != nil { // in the memtable, to be flushed
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan error, 1)
+	go func() { returned <- b.Close() }()
+	select {
+	case err := <-returned:
+		if !errors.Is(err, ErrCloseTimeout) {
+			t.Fatalf("Close without its directory: %v, want ErrCloseTimeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waits 30 s after its directory was removed (it should give up after 500 ms)")
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.dbClosed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the database did not close once its directory was back")
+	}
 }
