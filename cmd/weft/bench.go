@@ -134,7 +134,11 @@ it cannot be reached.`,
 					if err := requireNode(ctx, g); err != nil {
 						return nil, err
 					}
-					return benchIngest(ctx, c, progress)
+					probes := ingestProbes{weft: nodeCPUProbe(g.client())}
+					if c.RelaxedServer != "" {
+						probes.relaxed = nodeCPUProbe(&apiClient{base: strings.TrimRight(c.RelaxedServer, "/"), token: g.token, http: &http.Client{}})
+					}
+					return benchIngest(ctx, c, probes, progress)
 				},
 				func(rep *ingestReport) string { return rep.Weft.noneAccepted("weft answered no request with 202") })
 		},
@@ -245,6 +249,17 @@ type ingestReport struct {
 		// 1/(1/reference + 1/JetStream synced on an interval) (goal 2a).
 		RelaxedBound float64 `json:"relaxed_bound,omitempty"`
 	} `json:"ratio"`
+	// CPU is user+system time per stored event, medians over rounds; zero
+	// where it was not measured (a node's /metrics out of reach).
+	CPU struct {
+		WeftNodeUs float64 `json:"weft_node_us_per_event"`
+		// ClientUs is this process in weft's rounds: the client alone.
+		ClientUs float64 `json:"client_us_per_event"`
+		// ReferenceUs is this process in the HTTP reference's rounds: the
+		// client and the bare server.
+		ReferenceUs   float64 `json:"reference_us_per_event"`
+		RelaxedNodeUs float64 `json:"relaxed_node_us_per_event,omitempty"`
+	} `json:"cpu"`
 	// Goals holds the checks of issue 5's goals 1, 2a and 3 that the run
 	// measured.
 	Goals   []goalCheck `json:"goals,omitempty"`
@@ -260,10 +275,14 @@ type machineInfo struct {
 	Load1End   float64 `json:"load1_end"`   // and after the last
 }
 
+// ingestProbes read the CPU time of the nodes bench ingest measures; a nil
+// probe is a node whose CPU is not measured.
+type ingestProbes struct{ weft, relaxed cpuProbe }
+
 // benchIngest runs cfg's rounds against cfg.Server and a reference server it
 // starts itself, interleaved, and summarizes them. progress, when not nil,
 // gets a line rewritten in place (a terminal).
-func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*ingestReport, error) {
+func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, progress io.Writer) (*ingestReport, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -284,11 +303,13 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 	type httpSide struct {
 		name string
 		side *benchSide
+		node cpuProbe
+		cpu  []natsCPU // per round, when measured
 	}
-	sides := []httpSide{{"weft", &rep.Weft}, {"reference", &rep.Reference}}
+	sides := []*httpSide{{name: "weft", side: &rep.Weft, node: probes.weft}, {name: "reference", side: &rep.Reference}}
 	if cfg.RelaxedServer != "" {
 		rep.Relaxed = &benchSide{Target: strings.TrimRight(cfg.RelaxedServer, "/") + "/"}
-		sides = append(sides, httpSide{"weft --relaxed-sync", rep.Relaxed})
+		sides = append(sides, &httpSide{name: "weft --relaxed-sync", side: rep.Relaxed, node: probes.relaxed})
 	}
 	type jsSide struct {
 		ref  *jetStreamRef
@@ -331,15 +352,23 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 		}
 		for _, hs := range sides {
 			name, side := hs.name, hs.side
-			st, err := runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
-				if progress != nil {
-					fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
-				}
+			var err error
+			st, cpu, ok := cpuPerEvent(ctx, hs.node, func() loadStats {
+				var st loadStats
+				st, err = runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
+					if progress != nil {
+						fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
+					}
+				})
+				return st
 			})
 			if err != nil {
 				return nil, err
 			}
 			side.Rounds = append(side.Rounds, st)
+			if ok {
+				hs.cpu = append(hs.cpu, cpu)
+			}
 		}
 	}
 	if progress != nil {
@@ -364,6 +393,18 @@ func benchIngest(ctx context.Context, cfg ingestConfig, progress io.Writer) (*in
 		if h, j := rep.Reference.EventsPerSec, rep.JetStreamRelaxed.EventsPerSec; h > 0 && j > 0 {
 			rep.Ratio.RelaxedBound = ratio(rep.Relaxed.EventsPerSec, 1/(1/h+1/j))
 		}
+	}
+	// The bench process's CPU is the client's alone in weft's rounds, and
+	// the client's and the bare server's in the reference's.
+	if c := sides[0].cpu; len(c) > 0 {
+		rep.CPU.ClientUs = medianOf(c, func(c natsCPU) float64 { return c.self })
+		rep.CPU.WeftNodeUs = medianOf(c, func(c natsCPU) float64 { return c.node })
+	}
+	if c := sides[1].cpu; len(c) > 0 {
+		rep.CPU.ReferenceUs = medianOf(c, func(c natsCPU) float64 { return c.self })
+	}
+	if len(sides) > 2 && len(sides[2].cpu) > 0 {
+		rep.CPU.RelaxedNodeUs = medianOf(sides[2].cpu, func(c natsCPU) float64 { return c.node })
 	}
 	rep.Goals = ingestGoals(cfg, rep)
 	return rep, nil
@@ -738,6 +779,20 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if j := r.JetStreamRelaxed; j != nil {
 		fmt.Fprintf(w, "%s, same rounds: %s events/s; weft --relaxed-sync ÷ 1/(1/reference + 1/it) %s\n",
 			j.Target, fmtRate(j.EventsPerSec), fmtRatio(r.Ratio.RelaxedBound))
+	}
+	if c := r.CPU; c.ClientUs > 0 {
+		us := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " µs" }
+		parts := []string{"the " + r.Client + " client " + us(c.ClientUs)}
+		if c.WeftNodeUs > 0 {
+			parts = append([]string{"weft's node " + us(c.WeftNodeUs)}, parts...)
+		}
+		if c.ReferenceUs > 0 {
+			parts = append(parts, "the reference, client and server, "+us(c.ReferenceUs))
+		}
+		if c.RelaxedNodeUs > 0 {
+			parts = append(parts, "the --relaxed-sync node "+us(c.RelaxedNodeUs))
+		}
+		fmt.Fprintf(w, "CPU per event: %s\n", strings.Join(parts, "; "))
 	}
 	if r.Ratio.P50HopSum > 0 {
 		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", fmtRatio(r.Ratio.P50HopSum), fmtRatio(r.Ratio.P99HopSum))

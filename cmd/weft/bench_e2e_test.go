@@ -195,7 +195,7 @@ func TestBenchIngestGoals(t *testing.T) {
 		if tc.relaxed {
 			cfg.RelaxedServer = relaxed.URL
 		}
-		rep, err := benchIngest(t.Context(), cfg, nil)
+		rep, err := benchIngest(t.Context(), cfg, ingestProbes{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -82,7 +82,7 @@ nothing, 6 when its NATS port cannot be reached.`,
 			node := g.client()
 			return runBench(g, c.validate,
 				func(progress io.Writer) (*natsReport, error) {
-					return benchNATS(ctx, c, func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, node) }, progress)
+					return benchNATS(ctx, c, nodeCPUProbe(node), progress)
 				},
 				func(rep *natsReport) string { return rep.Weft.noneAccepted("weft acknowledged no event") })
 		},
@@ -131,18 +131,29 @@ type natsReport struct {
 // natsCPU is one round's CPU time on one side, per stored event.
 type natsCPU struct{ node, self float64 }
 
+// cpuProbe reads a node's CPU time; false when it cannot.
+type cpuProbe func(context.Context) (time.Duration, bool)
+
+// nodeCPUProbe reads the CPU time of the node c talks to.
+func nodeCPUProbe(c *apiClient) cpuProbe {
+	return func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, c) }
+}
+
 // cpuPerEvent measures the CPU time run takes, this process's and the
-// node's (when node reports it), per event it stored.
-func cpuPerEvent(ctx context.Context, node func(context.Context) (time.Duration, bool), run func() loadStats) (loadStats, natsCPU, bool) {
+// node's (when node is not nil and reports it), per event it stored.
+func cpuPerEvent(ctx context.Context, node cpuProbe, run func() loadStats) (loadStats, natsCPU, bool) {
+	if node == nil {
+		node = func(context.Context) (time.Duration, bool) { return 0, false }
+	}
 	self0, selfErr := procCPU(os.Getpid())
 	node0, nodeOK := node(ctx)
 	st := run()
 	self1, selfErr1 := procCPU(os.Getpid())
 	node1, nodeOK1 := node(ctx)
-	if selfErr != nil || selfErr1 != nil || st.Accepted == 0 {
+	if selfErr != nil || selfErr1 != nil || st.Events == 0 {
 		return st, natsCPU{}, false
 	}
-	n := float64(st.Accepted)
+	n := float64(st.Events)
 	c := natsCPU{self: float64((self1 - self0).Microseconds()) / n}
 	if nodeOK && nodeOK1 {
 		c.node = float64((node1 - node0).Microseconds()) / n
@@ -170,7 +181,7 @@ func nodeCPU(ctx context.Context, c *apiClient) (time.Duration, bool) {
 
 // benchNATS runs cfg's rounds against the node's NATS ingress and a
 // JetStream reference it starts itself, interleaved, and summarizes them.
-func benchNATS(ctx context.Context, cfg natsConfig, node func(context.Context) (time.Duration, bool), progress io.Writer) (*natsReport, error) {
+func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.Writer) (*natsReport, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}

@@ -64,7 +64,7 @@ func TestBenchIngest(t *testing.T) {
 func testBenchIngest(t *testing.T, client string) {
 	srv, ids := ingestStub(t, http.StatusAccepted)
 	cfg := ingestConfig{Server: srv.URL, Duration: time.Second, Concurrency: 4, Size: 256, Rounds: 1, Mode: "binary", Client: client}
-	rep, err := benchIngest(t.Context(), cfg, nil)
+	rep, err := benchIngest(t.Context(), cfg, ingestProbes{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -590,6 +590,46 @@ func TestBenchNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"events/s", "weft/ref", "2b.", "CPU per stored event", "CPUs"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+// TestBenchIngestCPU runs `weft bench ingest` briefly against a real node:
+// the report gives the CPU per event of the node (its /metrics), of the
+// client alone (this process in weft's rounds) and of the HTTP reference.
+func TestBenchIngestCPU(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	manifests := filepath.Join(dir, "manifests")
+	if err := os.Mkdir(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, manifests, filepath.Join(dir, "data"), "--relaxed-sync")
+	var out bytes.Buffer
+	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"ingest", "--jetstream=false", "--relaxed-server", "http://" + n.http,
+		"--duration", "300ms", "--rounds", "2", "--concurrency", "4", "--size", "128"})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var rep ingestReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
+	}
+	if rep.Weft.Accepted == 0 || rep.Relaxed == nil || rep.Relaxed.Accepted == 0 {
+		t.Fatalf("nothing stored: weft %+v, relaxed %+v", rep.Weft.loadStats, rep.Relaxed)
+	}
+	if c := rep.CPU; !(c.WeftNodeUs > 0 && c.ClientUs > 0 && c.ReferenceUs > 0 && c.RelaxedNodeUs > 0) {
+		t.Errorf("CPU per event not measured: %+v", c)
+	}
+	var table bytes.Buffer
+	if err := rep.writeTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"CPU per event: weft's node", "the fasthttp client", "the --relaxed-sync node"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
