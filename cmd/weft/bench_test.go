@@ -539,11 +539,11 @@ func TestBenchChildrenDieWithTheBench(t *testing.T) {
 	}
 }
 
-// TestBenchNATS runs `weft bench nats` briefly against a real node's NATS
-// ingress and the embedded JetStream reference: both sides store events, the
-// node stored every event it acknowledged, and the report parses.
-func TestBenchNATS(t *testing.T) {
-	skipShort(t)
+// benchOnNode starts a --relaxed-sync node with no manifests and runs
+// `weft bench` against it with the arguments args gives, -o json; it
+// returns the node and what the bench printed.
+func benchOnNode(t *testing.T, args func(*weftNode) []string) (*weftNode, *bytes.Buffer) {
+	t.Helper()
 	dir := t.TempDir()
 	manifests := filepath.Join(dir, "manifests")
 	if err := os.Mkdir(manifests, 0o755); err != nil {
@@ -553,10 +553,21 @@ func TestBenchNATS(t *testing.T) {
 	var out bytes.Buffer
 	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
 	cmd := newBenchCmd(g)
-	cmd.SetArgs([]string{"nats", "--url", "nats://" + n.nats, "--relaxed-sync", "--duration", "500ms", "--rounds", "2", "--concurrency", "4", "--size", "128"})
+	cmd.SetArgs(args(n))
 	if err := cmd.ExecuteContext(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	return n, &out
+}
+
+// TestBenchNATS runs `weft bench nats` briefly against a real node's NATS
+// ingress and the embedded JetStream reference: both sides store events, the
+// node stored every event it acknowledged, and the report parses.
+func TestBenchNATS(t *testing.T) {
+	skipShort(t)
+	n, out := benchOnNode(t, func(n *weftNode) []string {
+		return []string{"nats", "--url", "nats://" + n.nats, "--relaxed-sync", "--duration", "500ms", "--rounds", "2", "--concurrency", "4", "--size", "128"}
+	})
 	var rep natsReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
@@ -601,20 +612,10 @@ func TestBenchNATS(t *testing.T) {
 // client alone (this process in weft's rounds) and of the HTTP reference.
 func TestBenchIngestCPU(t *testing.T) {
 	skipShort(t)
-	dir := t.TempDir()
-	manifests := filepath.Join(dir, "manifests")
-	if err := os.Mkdir(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	n := startNode(t, manifests, filepath.Join(dir, "data"), "--relaxed-sync")
-	var out bytes.Buffer
-	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
-	cmd := newBenchCmd(g)
-	cmd.SetArgs([]string{"ingest", "--jetstream=false", "--relaxed-server", "http://" + n.http,
-		"--duration", "300ms", "--rounds", "2", "--concurrency", "4", "--size", "128"})
-	if err := cmd.ExecuteContext(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	_, out := benchOnNode(t, func(n *weftNode) []string {
+		return []string{"ingest", "--jetstream=false", "--relaxed-server", "http://" + n.http,
+			"--duration", "300ms", "--rounds", "2", "--concurrency", "4", "--size", "128"}
+	})
 	var rep ingestReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
