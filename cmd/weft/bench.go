@@ -113,7 +113,7 @@ The same client then drives a bare Go HTTP server started in this process on
 machine. Rounds interleave weft and the reference; the table shows medians over
 rounds, the ratio weft ÷ reference and the machine's load.
 
-The client is fasthttp's, which spends about half the CPU per request of
+The client is fasthttp's, which spends a third to a half of the CPU per request of
 net/http's (--client net/http): the client shares the machine with the node,
 and what it spends the node does not get.
 

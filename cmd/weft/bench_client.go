@@ -18,7 +18,8 @@ import (
 // fsyncs, does not feel it. net/http's client hands every request between
 // three goroutines (the caller and the connection's reader and writer);
 // fasthttp's runs the exchange on the caller's goroutine and reuses its
-// buffers, and needs about half the CPU per request here (docs/performance.md).
+// buffers, and needs a third to a half of the CPU per request here
+// (docs/performance.md).
 const (
 	clientFastHTTP = "fasthttp" // the default
 	clientNetHTTP  = "net/http"
