@@ -304,12 +304,16 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 		name string
 		side *benchSide
 		node cpuProbe
-		cpu  []natsCPU // per round, when measured
+		cpu  []roundCPU // per round, when measured
 	}
-	sides := []*httpSide{{name: "weft", side: &rep.Weft, node: probes.weft}, {name: "reference", side: &rep.Reference}}
+	weft := &httpSide{name: "weft", side: &rep.Weft, node: probes.weft}
+	reference := &httpSide{name: "reference", side: &rep.Reference}
+	sides := []*httpSide{weft, reference}
+	var relaxed *httpSide
 	if cfg.RelaxedServer != "" {
 		rep.Relaxed = &benchSide{Target: strings.TrimRight(cfg.RelaxedServer, "/") + "/"}
-		sides = append(sides, &httpSide{name: "weft --relaxed-sync", side: rep.Relaxed, node: probes.relaxed})
+		relaxed = &httpSide{name: "weft --relaxed-sync", side: rep.Relaxed, node: probes.relaxed}
+		sides = append(sides, relaxed)
 	}
 	type jsSide struct {
 		ref  *jetStreamRef
@@ -396,15 +400,15 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	}
 	// The bench process's CPU is the client's alone in weft's rounds, and
 	// the client's and the bare server's in the reference's.
-	if c := sides[0].cpu; len(c) > 0 {
-		rep.CPU.ClientUs = medianOf(c, func(c natsCPU) float64 { return c.self })
-		rep.CPU.WeftNodeUs = medianOf(c, func(c natsCPU) float64 { return c.node })
+	if c := weft.cpu; len(c) > 0 {
+		rep.CPU.ClientUs = medianOf(c, func(c roundCPU) float64 { return c.self })
+		rep.CPU.WeftNodeUs = medianOf(c, func(c roundCPU) float64 { return c.node })
 	}
-	if c := sides[1].cpu; len(c) > 0 {
-		rep.CPU.ReferenceUs = medianOf(c, func(c natsCPU) float64 { return c.self })
+	if c := reference.cpu; len(c) > 0 {
+		rep.CPU.ReferenceUs = medianOf(c, func(c roundCPU) float64 { return c.self })
 	}
-	if len(sides) > 2 && len(sides[2].cpu) > 0 {
-		rep.CPU.RelaxedNodeUs = medianOf(sides[2].cpu, func(c natsCPU) float64 { return c.node })
+	if relaxed != nil && len(relaxed.cpu) > 0 {
+		rep.CPU.RelaxedNodeUs = medianOf(relaxed.cpu, func(c roundCPU) float64 { return c.node })
 	}
 	rep.Goals = ingestGoals(cfg, rep)
 	return rep, nil
@@ -486,8 +490,6 @@ func runLoad(ctx context.Context, target string, cfg ingestConfig, tick func(sen
 		PerRequest:  cfg.eventsPerRequest(),
 	}
 	if cfg.client() == clientFastHTTP {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
 		client := newFastIngestClient(ctx, target, cfg.Concurrency, gen)
 		defer client.close()
 		spec.NewSender = client.sender

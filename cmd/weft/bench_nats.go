@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,57 +124,6 @@ type natsReport struct {
 	Machine machineInfo `json:"machine"`
 }
 
-// natsCPU is one round's CPU time on one side, per stored event.
-type natsCPU struct{ node, self float64 }
-
-// cpuProbe reads a node's CPU time; false when it cannot.
-type cpuProbe func(context.Context) (time.Duration, bool)
-
-// nodeCPUProbe reads the CPU time of the node c talks to.
-func nodeCPUProbe(c *apiClient) cpuProbe {
-	return func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, c) }
-}
-
-// cpuPerEvent measures the CPU time run takes, this process's and the
-// node's (when node is not nil and reports it), per event it stored.
-func cpuPerEvent(ctx context.Context, node cpuProbe, run func() loadStats) (loadStats, natsCPU, bool) {
-	if node == nil {
-		node = func(context.Context) (time.Duration, bool) { return 0, false }
-	}
-	self0, selfErr := procCPU(os.Getpid())
-	node0, nodeOK := node(ctx)
-	st := run()
-	self1, selfErr1 := procCPU(os.Getpid())
-	node1, nodeOK1 := node(ctx)
-	if selfErr != nil || selfErr1 != nil || st.Events == 0 {
-		return st, natsCPU{}, false
-	}
-	n := float64(st.Events)
-	c := natsCPU{self: float64((self1 - self0).Microseconds()) / n}
-	if nodeOK && nodeOK1 {
-		c.node = float64((node1 - node0).Microseconds()) / n
-	}
-	return st, c, true
-}
-
-// nodeCPU reads the node's process_cpu_seconds_total from its /metrics.
-func nodeCPU(ctx context.Context, c *apiClient) (time.Duration, bool) {
-	resp, err := c.send(ctx, http.MethodGet, "/metrics", "", nil)
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
-			secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return time.Duration(secs * float64(time.Second)), err == nil
-		}
-	}
-	return 0, false
-}
-
 // benchNATS runs cfg's rounds against the node's NATS ingress and a
 // JetStream reference it starts itself, interleaved, and summarizes them.
 func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.Writer) (*natsReport, error) {
@@ -203,11 +148,11 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 	}
 	rep.Weft.Target = cfg.URL + " " + cfg.Subject
 	rep.Reference.Target = "embedded JetStream over TCP, " + rep.Sync
-	var weftCPU, refCPU []natsCPU
+	var weftCPU, refCPU []roundCPU
 	sides := []struct {
 		name    string
 		side    *benchSide
-		cpu     *[]natsCPU
+		cpu     *[]roundCPU
 		publish natsPublish
 	}{
 		{"weft", &rep.Weft, &weftCPU, weftPublish(nc, cfg.Subject)},
@@ -242,10 +187,10 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 	rep.Ratio.P50 = ratio(rep.Weft.P50ms, rep.Reference.P50ms)
 	rep.Ratio.P99 = ratio(rep.Weft.P99ms, rep.Reference.P99ms)
 	if len(weftCPU) > 0 && len(refCPU) > 0 && weftCPU[0].node > 0 {
-		rep.CPU.WeftNodeUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.node })
-		rep.CPU.WeftPublishersUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.self })
-		rep.CPU.WeftUs = medianOf(weftCPU, func(c natsCPU) float64 { return c.node + c.self })
-		rep.CPU.ReferenceUs = medianOf(refCPU, func(c natsCPU) float64 { return c.self })
+		rep.CPU.WeftNodeUs = medianOf(weftCPU, func(c roundCPU) float64 { return c.node })
+		rep.CPU.WeftPublishersUs = medianOf(weftCPU, func(c roundCPU) float64 { return c.self })
+		rep.CPU.WeftUs = medianOf(weftCPU, func(c roundCPU) float64 { return c.node + c.self })
+		rep.CPU.ReferenceUs = medianOf(refCPU, func(c roundCPU) float64 { return c.self })
 		rep.CPU.Ratio = ratio(rep.CPU.WeftUs, rep.CPU.ReferenceUs)
 	}
 	if cfg.Relaxed {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -244,4 +245,56 @@ func weftExecutable(flag string) (string, error) {
 		return "", fmt.Errorf("find weft's own binary (give --weft): %w", err)
 	}
 	return exe, nil
+}
+
+// roundCPU is one round's CPU time on one side, per stored event: the
+// node's and this process's.
+type roundCPU struct{ node, self float64 }
+
+// cpuProbe reads a node's CPU time; false when it cannot.
+type cpuProbe func(context.Context) (time.Duration, bool)
+
+// nodeCPUProbe reads the CPU time of the node c talks to.
+func nodeCPUProbe(c *apiClient) cpuProbe {
+	return func(ctx context.Context) (time.Duration, bool) { return nodeCPU(ctx, c) }
+}
+
+// cpuPerEvent measures the CPU time run takes, this process's and the
+// node's (when node is not nil and reports it), per event it stored.
+func cpuPerEvent(ctx context.Context, node cpuProbe, run func() loadStats) (loadStats, roundCPU, bool) {
+	if node == nil {
+		node = func(context.Context) (time.Duration, bool) { return 0, false }
+	}
+	self0, selfErr := procCPU(os.Getpid())
+	node0, nodeOK := node(ctx)
+	st := run()
+	self1, selfErr1 := procCPU(os.Getpid())
+	node1, nodeOK1 := node(ctx)
+	if selfErr != nil || selfErr1 != nil || st.Events == 0 {
+		return st, roundCPU{}, false
+	}
+	n := float64(st.Events)
+	c := roundCPU{self: float64((self1 - self0).Microseconds()) / n}
+	if nodeOK && nodeOK1 {
+		c.node = float64((node1 - node0).Microseconds()) / n
+	}
+	return st, c, true
+}
+
+// nodeCPU reads the node's process_cpu_seconds_total from its /metrics.
+func nodeCPU(ctx context.Context, c *apiClient) (time.Duration, bool) {
+	resp, err := c.send(ctx, http.MethodGet, "/metrics", "", nil)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
+			secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return time.Duration(secs * float64(time.Second)), err == nil
+		}
+	}
+	return 0, false
 }
