@@ -74,9 +74,9 @@ type Badger struct {
 // closeWait is Badger.closeWait's value outside tests.
 const closeWait = 10 * time.Second
 
-// ErrCloseTimeout is Close's error when the database did not close in time;
-// whatever Badger had not flushed is in its write-ahead log, replayed when
-// the store is opened again.
+// ErrCloseTimeout is Close's error when the database did not close in time.
+// On a disk that is still there, what Badger had not flushed is in its
+// write-ahead log, replayed when the store is opened again.
 var ErrCloseTimeout = errors.New("database still closing")
 
 var _ Store = (*Badger)(nil)
@@ -307,19 +307,19 @@ func (b *Badger) Close() error {
 		b.bg.Wait() // the subscription and sweep read db
 		close(b.stop)
 		b.gcDone.Wait() // RunValueLogGC must not race db.Close
-		closed := make(chan error, 1)
+		var dbErr error // written before dbClosed is closed
 		// Owned by Close, which waits for it unless it outlasts closeWait;
 		// then the process is about to exit, or the caller waits on dbClosed.
 		go func() {
-			defer close(b.dbClosed)
-			closed <- b.db.Close()
+			dbErr = b.db.Close()
+			close(b.dbClosed)
 		}()
 		t := time.NewTimer(b.closeWait)
 		defer t.Stop()
 		select {
-		case err := <-closed:
-			if err != nil {
-				b.closeErr = fmt.Errorf("close badger store: %w", err)
+		case <-b.dbClosed:
+			if dbErr != nil {
+				b.closeErr = fmt.Errorf("close badger store: %w", dbErr)
 			}
 		case <-t.C:
 			b.closeErr = fmt.Errorf("close badger store: %w after %s (the log says what Badger cannot write)", ErrCloseTimeout, b.closeWait)
