@@ -175,19 +175,28 @@ func (bt *batcher) commitLoop(b *Broker) {
 // commit stores batch and resolves each of its events. Events with the same
 // Nats-Msg-Id are sent once; the later ones count as duplicates of the first.
 func (b *Broker) commit(bt *batcher, batch []storeItem) {
-	uniq := make([]int, 0, len(batch)) // indexes of first occurrences
-	first := make([]int, len(batch))   // index of each item's first occurrence
-	seen := make(map[string]int, len(batch))
-	for i, it := range batch {
-		if j, ok := seen[it.id]; ok {
-			first[i] = j
-			continue
+	// A lone event (a request's, under light load or --relaxed-sync) needs
+	// no search for duplicates, and its bookkeeping fits on the stack.
+	var (
+		uniqOne, firstOne [1]int
+		resultsOne        [1]storeResult
+	)
+	uniq, first, results := uniqOne[:], firstOne[:], resultsOne[:]
+	if len(batch) > 1 {
+		uniq = make([]int, 0, len(batch)) // indexes of first occurrences
+		first = make([]int, len(batch))   // index of each item's first occurrence
+		results = make([]storeResult, len(batch))
+		seen := make(map[string]int, len(batch))
+		for i, it := range batch {
+			if j, ok := seen[it.id]; ok {
+				first[i] = j
+				continue
+			}
+			seen[it.id] = i
+			first[i] = i
+			uniq = append(uniq, i)
 		}
-		seen[it.id] = i
-		first[i] = i
-		uniq = append(uniq, i)
 	}
-	results := make([]storeResult, len(batch))
 	c := b.conn.Load()
 	switch {
 	case c == nil:

@@ -106,7 +106,7 @@ func storeItems(t *testing.T, b *Broker, evs []event.Event) ([]storeItem, *store
 			t.Fatal(err)
 		}
 		b.inflight <- struct{}{} // resolve releases it
-		items[i] = storeItem{id: msgID(&evs[i]), data: body, call: call}
+		items[i] = storeItem{id: msgID(evs[i].Source(), evs[i].ID()), data: body, call: call}
 	}
 	return items, call
 }

@@ -14,7 +14,7 @@ import (
 func assertEncodesAsSDK(t *testing.T, ev *event.Event) {
 	t.Helper()
 	want, wantErr := ev.MarshalJSON()
-	got, err := encodeEvent(ev)
+	got, err := encodeEvent(ev, ev.Source())
 	if (err == nil) != (wantErr == nil) || !bytes.Equal(got, want) {
 		t.Fatalf("encodeEvent differs from sdk-go:\ngot:  %s (%v)\nwant: %s (%v)", got, err, want, wantErr)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding/format"
 	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidwall/gjson"
 )
 
@@ -137,10 +138,11 @@ func rejectReason(err error) string {
 }
 
 type ingressHandler struct {
-	store eventStore
-	cfg   IngressConfig
-	m     *Metrics
-	log   *slog.Logger
+	store    eventStore
+	cfg      IngressConfig
+	m        *Metrics
+	received prometheus.Counter // m.Received{http}, looked up once
+	log      *slog.Logger
 }
 
 // newIngressHandler serves the CloudEvents HTTP binding 1.0.2 on POST / and
@@ -165,14 +167,14 @@ func newIngressHandler(store eventStore, cfg IngressConfig, m *Metrics, log *slo
 	if err := cfg.Validate(); err != nil {
 		panic("broker: newIngressHandler: " + err.Error())
 	}
-	h := &ingressHandler{store: store, cfg: cfg, m: m, log: log}
+	h := &ingressHandler{store: store, cfg: cfg, m: m, received: m.Received.WithLabelValues("http"), log: log}
 	mux := http.NewServeMux()
 	// No method in the patterns: ServeMux's own 405 is plain text and
 	// uncounted, and OPTIONS needs its own answer.
 	mux.HandleFunc("/{$}", h.serveBroker)
 	mux.HandleFunc("/brokers/{name}", h.serveBroker)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		h.m.Received.WithLabelValues("http").Inc()
+		h.received.Inc()
 		h.refuse(w, http.StatusNotFound, "not_found", fmt.Sprintf("no ingress at %s: use / or /brokers/%s", r.URL.Path, DefaultBroker))
 	})
 	return mux
@@ -180,7 +182,7 @@ func newIngressHandler(store eventStore, cfg IngressConfig, m *Metrics, log *slo
 
 func (h *ingressHandler) serveBroker(w http.ResponseWriter, r *http.Request) {
 	if name := r.PathValue("name"); name != "" && name != DefaultBroker {
-		h.m.Received.WithLabelValues("http").Inc()
+		h.received.Inc()
 		h.refuse(w, http.StatusNotFound, "not_found", fmt.Sprintf("broker %q not found: only %q exists", name, DefaultBroker))
 		return
 	}
@@ -188,7 +190,7 @@ func (h *ingressHandler) serveBroker(w http.ResponseWriter, r *http.Request) {
 		serveWebhookOptions(w, r)
 		return
 	}
-	h.m.Received.WithLabelValues("http").Inc()
+	h.received.Inc()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "OPTIONS, POST")
 		h.refuse(w, http.StatusMethodNotAllowed, "method", fmt.Sprintf("method %s not allowed: POST CloudEvents here", r.Method))
@@ -246,25 +248,36 @@ func (h *ingressHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byt
 	// does not); then the server's ReadTimeout is the only bound.
 	_ = rc.SetReadDeadline(time.Now().Add(h.cfg.ReadTimeout))
 	var buf bytes.Buffer
+	body := r.Body
 	if r.ContentLength > 0 {
 		// ReadFrom wants MinRead bytes free before each read, the one that
 		// finds EOF included: without them a body of exactly ContentLength
 		// bytes is copied once more into a buffer twice its size.
 		buf.Grow(int(r.ContentLength) + bytes.MinRead)
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	if r.ContentLength <= 0 {
+		// Only a body of unknown length (chunked) can outgrow the limit: the
+		// servers end a declared one at its Content-Length, checked above.
+		body = http.MaxBytesReader(w, body, limit)
+	}
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, h.bodyError(w, err, limit)
+	}
+	return buf.Bytes(), nil
+}
+
+// bodyError words an error reading a body under limit.
+func (h *ingressHandler) bodyError(w http.ResponseWriter, err error, limit int64) error {
 	var tooLarge *http.MaxBytesError
 	var netErr net.Error
 	switch {
-	case err == nil:
-		return buf.Bytes(), nil
 	case errors.As(err, &tooLarge):
-		return nil, fmt.Errorf("%w: limit %d bytes", errBodyTooLarge, limit)
+		return fmt.Errorf("%w: limit %d bytes", errBodyTooLarge, limit)
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
 		w.Header().Set("Connection", "close")
-		return nil, fmt.Errorf("%w (%v)", errBodyTimeout, h.cfg.ReadTimeout)
+		return fmt.Errorf("%w (%v)", errBodyTimeout, h.cfg.ReadTimeout)
 	default:
-		return nil, fmt.Errorf("%w: %v", errBodyRead, err)
+		return fmt.Errorf("%w: %v", errBodyRead, err)
 	}
 }
 
@@ -306,7 +319,7 @@ func (h *ingressHandler) refuse(w http.ResponseWriter, status int, reason, msg s
 // kept for application/cloudevents+<format> with an unknown format.
 func decodeHTTP(h http.Header, body []byte) ([]event.Event, error) {
 	ct := h.Get("Content-Type")
-	mediaType, params, perr := mime.ParseMediaType(ct)
+	mediaType, params, perr := parseMediaType(ct)
 	if perr != nil {
 		mediaType, _, _ = strings.Cut(ct, ";")
 		mediaType = strings.ToLower(strings.TrimSpace(mediaType))
@@ -347,7 +360,7 @@ func binaryAttrsFromHTTP(h http.Header) (map[string]string, error) {
 		if len(key) < 3 || !strings.EqualFold(key[:3], "ce-") {
 			continue
 		}
-		name := strings.ToLower(key[3:])
+		name := binaryAttrName(key[3:])
 		if err := checkBinaryHeader(name, vals); err != nil {
 			return nil, err
 		}
@@ -362,6 +375,45 @@ func binaryAttrsFromHTTP(h http.Header) (map[string]string, error) {
 		attrs[name] = v
 	}
 	return attrs, nil
+}
+
+// parseMediaType is mime.ParseMediaType, without allocating for a bare
+// lower-case type/subtype (application/json, application/cloudevents+json):
+// that is returned as it is, with no parameters (a nil map).
+func parseMediaType(v string) (mediaType string, params map[string]string, err error) {
+	slash := strings.IndexByte(v, '/')
+	simple := slash > 0 && slash < len(v)-1
+	for i := 0; simple && i < len(v); i++ {
+		c := v[i]
+		simple = 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '-' || c == '.' || c == '/' && i == slash
+	}
+	if simple {
+		return v, nil, nil
+	}
+	return mime.ParseMediaType(v)
+}
+
+// binaryAttrName is the attribute a ce-* header names (its name without
+// the prefix, lower-cased), without allocating for the context attributes
+// in the canonical form net/http gives header names.
+func binaryAttrName(s string) string {
+	switch s {
+	case "Id":
+		return "id"
+	case "Source":
+		return "source"
+	case "Type":
+		return "type"
+	case "Specversion":
+		return attrSpecVersion
+	case "Subject":
+		return "subject"
+	case "Time":
+		return "time"
+	case "Dataschema":
+		return "dataschema"
+	}
+	return strings.ToLower(s)
 }
 
 // checkBinaryHeader checks the name of a ce-* header and that it came once.
@@ -526,13 +578,7 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		if name == attrSpecVersion {
 			continue
 		}
-		var err error
-		if attr := spec.V1.Attribute(name); attr != nil {
-			err = attr.Set(ev.Context, v)
-		} else {
-			err = ev.Context.SetExtension(name, v)
-		}
-		if err != nil {
+		if err := setBinaryAttr(ev.Context, name, v); err != nil {
 			if bad := firstBadAttr(attrs); bad != nil {
 				return event.Event{}, bad // a parse checkFastString left to the setter
 			}
@@ -551,6 +597,36 @@ func decodeBinary(attrs map[string]string, contentType string, data []byte) (eve
 		}
 	}
 	return ev, nil
+}
+
+// setBinaryAttr sets attribute name (not specversion) to v as spec.V1's
+// setter, or SetExtension for an extension, would; calling the context's own
+// setters spares boxing v, an allocation per attribute.
+func setBinaryAttr(ec event.EventContext, name, v string) error {
+	switch name {
+	case "id":
+		return ec.SetID(v)
+	case "source":
+		return ec.SetSource(v)
+	case "type":
+		return ec.SetType(v)
+	case "subject":
+		return ec.SetSubject(v)
+	case "dataschema":
+		return ec.SetDataSchema(v)
+	case attrDataCT:
+		return ec.SetDataContentType(v)
+	case "time":
+		t, err := time.Parse(time.RFC3339Nano, v) // types.ToTime's parse of a string
+		if err != nil {
+			return fmt.Errorf("invalid value for time: %#v", v) // spec.V1's wording
+		}
+		return ec.SetTime(t)
+	}
+	if spec.V1.Attribute(name) != nil {
+		return spec.V1.Attribute(name).Set(ec, v) // none left, should sdk-go add one
+	}
+	return ec.SetExtension(name, v)
 }
 
 // firstBadAttr returns the error of the first attribute, by name, that

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -484,4 +486,24 @@ func TestReadBodyFitsDeclaredLength(t *testing.T) {
 			t.Errorf("%d-byte body in a buffer of %d: grown again after the first read", n, cap(body))
 		}
 	}
+}
+
+// FuzzParseMediaType holds parseMediaType's shortcut to what
+// mime.ParseMediaType returns (no parameters and an empty map are the same).
+func FuzzParseMediaType(f *testing.F) {
+	for _, s := range []string{
+		"application/json", "application/cloudevents+json", "application/cloudevents-batch+json",
+		"text/plain", "application/vnd.example.v2+json", "Application/JSON", "text/plain; charset=utf-8",
+		"text", "/json", "application/", "a/b/c", "application/json ", " application/json", "",
+		"application/json;", "text/x.y-z+1", "ap plication/json", "application/jsön",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		gotType, gotParams, gotErr := parseMediaType(v)
+		wantType, wantParams, wantErr := mime.ParseMediaType(v)
+		if (gotErr == nil) != (wantErr == nil) || gotType != wantType || !maps.Equal(gotParams, wantParams) {
+			t.Fatalf("parseMediaType(%q) = %q, %v, %v; mime.ParseMediaType: %q, %v, %v", v, gotType, gotParams, gotErr, wantType, wantParams, wantErr)
+		}
+	})
 }

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"encoding/json"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -43,7 +42,7 @@ func decodeNATSMsg(msg *nats.Msg) ([]event.Event, error) {
 		perr      error
 	)
 	if ct != "" { // most publishers send none (structured mode): nothing to parse
-		mediaType, params, perr = mime.ParseMediaType(ct)
+		mediaType, params, perr = parseMediaType(ct)
 		if perr != nil {
 			mediaType, _, _ = strings.Cut(ct, ";")
 			mediaType = strings.ToLower(strings.TrimSpace(mediaType))

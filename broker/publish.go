@@ -20,9 +20,9 @@ const DefaultTTL = 255
 
 // msgID derives JetStream's dedup key from (source, id), the pair CloudEvents
 // declares unique. Hashing keeps it short and free of header-unsafe bytes.
-func msgID(ev *event.Event) string {
+func msgID(source, id string) string {
 	var buf [256]byte // most pairs fit: no allocation but the result
-	key := append(append(append(buf[:0], ev.Source()...), 0), ev.ID()...)
+	key := append(append(append(buf[:0], source...), 0), id...)
 	sum := sha256.Sum256(key)
 	return hex.EncodeToString(sum[:16])
 }
@@ -67,7 +67,11 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		}
 	}
 	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
-	items := make([]storeItem, len(evs))
+	var itemsOne [1]storeItem // a request's lone event: no allocation
+	items := itemsOne[:]
+	if len(evs) > 1 {
+		items = make([]storeItem, len(evs))
+	}
 	version := b.indexVersion.Load() // before the index: see unmatched.go
 	for i := range evs {
 		ev := &evs[i]
@@ -80,12 +84,13 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 		items[i].apart = items[i].unmatched != "" && b.dispatching.Load() != nil
 		// Not json.Marshal: it would validate and compact sdk-go's output
 		// again, a tenth of the ingress's CPU.
-		body, err := encodeEvent(ev)
+		source := ev.Source() // formatted once, for both
+		body, err := encodeEvent(ev, source)
 		if err != nil {
 			release()
 			return fmt.Errorf("encode event %q: %w", ev.ID(), err)
 		}
-		items[i].id, items[i].data, items[i].call = msgID(ev), body, call
+		items[i].id, items[i].data, items[i].call = msgID(source, ev.ID()), body, call
 	}
 	// From here the in-flight slots are released as the events resolve
 	// (storeCall.resolve), not when Store returns.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	"github.com/cloudevents/sdk-go/v2/event"
 )
 
@@ -172,5 +173,38 @@ func FuzzDecodeBinary(f *testing.F) {
 			t.Fatalf("decodeBinary accepted what validateEvent refuses: %v\n%q, content type %q", err, lines, contentType)
 		}
 		assertEncodesAsSDK(t, &ev)
+	})
+}
+
+// FuzzSetBinaryAttr holds setBinaryAttr to spec.V1's setters (SetExtension
+// for an extension), which decodeBinary called before: the same context,
+// the same error.
+func FuzzSetBinaryAttr(f *testing.F) {
+	for _, s := range [][2]string{
+		{"id", "a"}, {"id", " "}, {"id", " b "}, {"source", "/s"}, {"source", "%zz"}, {"source", "HTTP://Example.com/%7e?"},
+		{"type", " t "}, {"subject", ""}, {"subject", " s"}, {"dataschema", " "}, {"dataschema", "::"},
+		{"dataschema", "https://example.com/s"}, {"time", "2026-12-07T05:00:00Z"}, {"time", "2026-12-07"},
+		{"time", "2026-12-07T05:00:00.123456789+01:00"}, {"datacontenttype", " application/json "}, {"myext", "v"}, {"Bad", "v"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, name, value string) {
+		if name == attrSpecVersion {
+			return // decodeBinary sets no specversion
+		}
+		got, want := event.New(), event.New()
+		gotErr := setBinaryAttr(got.Context, name, value)
+		var wantErr error
+		if attr := spec.V1.Attribute(name); attr != nil {
+			wantErr = attr.Set(want.Context, value)
+		} else {
+			wantErr = want.Context.SetExtension(name, value)
+		}
+		if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+			t.Fatalf("%s=%q: error %v, spec.V1's %v", name, value, gotErr, wantErr)
+		}
+		if !reflect.DeepEqual(got.Context, want.Context) {
+			t.Fatalf("%s=%q: context %#v, spec.V1's %#v", name, value, got.Context, want.Context)
+		}
 	})
 }

@@ -201,16 +201,18 @@ func (w *respWriter) finish() {
 func (w *respWriter) sendHeader(done bool) {
 	w.sent = true
 	h := w.header
+	lengthField := false // Content-Length to write from w.length
 	switch {
 	case w.bodyless:
 		// No body: whatever length the handler declared stands (a HEAD
 		// answer tells the length of the GET one).
 	case w.length >= 0:
 	case done:
+		// Written below as the raw branch writes it, not through h: a
+		// []string per answer spared.
 		w.length = int64(len(w.pending))
-		if !w.raw {
-			h["Content-Length"] = []string{strconv.Itoa(len(w.pending))}
-		}
+		lengthField = !w.raw
+		delete(h, "Content-Length") // one set after WriteHeader
 	case w.req.ProtoAtLeast(1, 1):
 		w.chunked = true
 		if !w.raw {
@@ -252,6 +254,11 @@ func (w *respWriter) sendHeader(done bool) {
 		}
 		w.writeStatus(w.status)
 		w.writeHeaderFields()
+		if lengthField {
+			_, _ = bw.WriteString("Content-Length: ")
+			_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.length, 10))
+			_, _ = bw.WriteString("\r\n")
+		}
 		if _, ok := h["Date"]; !ok {
 			_, _ = bw.WriteString(dateField())
 		}
