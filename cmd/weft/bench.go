@@ -39,7 +39,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(newBenchIngestCmd(g), newBenchNATSCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g),
-		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchWorkerCmd())
+		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchWorkerCmd(), newBenchHTTPReferenceCmd())
 	return cmd
 }
 
@@ -61,6 +61,10 @@ type ingestConfig struct {
 	// Client is the HTTP client of every HTTP side: clientFastHTTP (also
 	// when empty) or clientNetHTTP.
 	Client string
+	// OwnProcess also measures the HTTP ceiling in a process of its own,
+	// run from Weft (this binary when empty).
+	OwnProcess bool
+	Weft       string
 }
 
 func (c ingestConfig) validate() error {
@@ -113,6 +117,12 @@ The same client then drives a bare Go HTTP server started in this process on
 machine. Rounds interleave weft and the reference; the table shows medians over
 rounds, the ratio weft ÷ reference and the machine's load.
 
+With --reference-process (the default) each round also drives the same server
+in a process of its own (weft bench http-reference, run from --weft), reached
+over loopback as the node is. In this process one Go scheduler runs client and
+server together; a node, like that child, shares the CPUs with the client
+through the kernel. Goals 2a and 3 are checked against both.
+
 The client is fasthttp's, which spends a third to a half of the CPU per request of
 net/http's (--client net/http): the client shares the machine with the node,
 and what it spends the node does not get.
@@ -154,6 +164,8 @@ it cannot be reached.`,
 	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync")
 	f.StringVar(&c.RelaxedServer, "relaxed-server", "", "URL of a second node run with --relaxed-sync, measured in the same rounds (durability tax, goals 1b and 2a)")
 	f.StringVar(&c.Client, "client", c.Client, "HTTP client of the load: fasthttp or net/http")
+	f.BoolVar(&c.OwnProcess, "reference-process", true, "also measure the bare HTTP server in a process of its own")
+	f.StringVar(&c.Weft, "weft", "", "weft binary to run that process from (default: this one)")
 	return cmd
 }
 
@@ -214,18 +226,20 @@ func (s loadStats) failures() string {
 
 // ingestReport is what `weft bench ingest` prints, as a table or -o json.
 type ingestReport struct {
-	Scenario    string     `json:"scenario"`
-	Date        time.Time  `json:"date"`
-	Mode        string     `json:"mode"`
-	Size        int        `json:"size"`
-	Batch       int        `json:"batch,omitempty"`
-	Client      string     `json:"client"`
-	Concurrency int        `json:"concurrency"`
-	Duration    string     `json:"duration"`
-	Rounds      int        `json:"rounds"`
-	Weft        benchSide  `json:"weft"`
-	Reference   benchSide  `json:"reference"`
-	JetStream   *benchSide `json:"jetstream,omitempty"`
+	Scenario    string    `json:"scenario"`
+	Date        time.Time `json:"date"`
+	Mode        string    `json:"mode"`
+	Size        int       `json:"size"`
+	Batch       int       `json:"batch,omitempty"`
+	Client      string    `json:"client"`
+	Concurrency int       `json:"concurrency"`
+	Duration    string    `json:"duration"`
+	Rounds      int       `json:"rounds"`
+	Weft        benchSide `json:"weft"`
+	Reference   benchSide `json:"reference"`
+	// ReferenceProcess is the same bare server in a process of its own.
+	ReferenceProcess *benchSide `json:"reference_process,omitempty"`
+	JetStream        *benchSide `json:"jetstream,omitempty"`
 	// Relaxed is the --relaxed-server node, JetStreamRelaxed the JetStream
 	// reference synced on an interval measured with it.
 	Relaxed          *benchSide `json:"relaxed,omitempty"`
@@ -248,6 +262,11 @@ type ingestReport struct {
 		// RelaxedBound is the --relaxed-server node ÷ the additive bound
 		// 1/(1/reference + 1/JetStream synced on an interval) (goal 2a).
 		RelaxedBound float64 `json:"relaxed_bound,omitempty"`
+		// The same three against the reference in a process of its own.
+		EventsPerSecProcess float64 `json:"events_per_sec_process,omitempty"`
+		P50HopSumProcess    float64 `json:"p50_hop_sum_process,omitempty"`
+		P99HopSumProcess    float64 `json:"p99_hop_sum_process,omitempty"`
+		RelaxedBoundProcess float64 `json:"relaxed_bound_process,omitempty"`
 	} `json:"ratio"`
 	// CPU is user+system time per stored event, medians over rounds; zero
 	// where it was not measured (a node's /metrics out of reach).
@@ -259,6 +278,8 @@ type ingestReport struct {
 		// client and the bare server.
 		ReferenceUs   float64 `json:"reference_us_per_event"`
 		RelaxedNodeUs float64 `json:"relaxed_node_us_per_event,omitempty"`
+		// ReferenceProcessUs is the bare server in its own process.
+		ReferenceProcessUs float64 `json:"reference_process_us_per_event,omitempty"`
 	} `json:"cpu"`
 	// Goals holds the checks of issue 5's goals 1, 2a and 3 that the run
 	// measured.
@@ -309,6 +330,21 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	weft := &httpSide{name: "weft", side: &rep.Weft, node: probes.weft}
 	reference := &httpSide{name: "reference", side: &rep.Reference}
 	sides := []*httpSide{weft, reference}
+	var refProc *httpSide
+	if cfg.OwnProcess {
+		bin, err := weftExecutable(cfg.Weft)
+		if err != nil {
+			return nil, err
+		}
+		rp, err := startReferenceProcess(ctx, bin)
+		if err != nil {
+			return nil, err
+		}
+		defer rp.stop()
+		rep.ReferenceProcess = &benchSide{Target: rp.url + "/"}
+		refProc = &httpSide{name: "reference, own process", side: rep.ReferenceProcess, node: rp.cpu}
+		sides = append(sides, refProc)
+	}
 	var relaxed *httpSide
 	if cfg.RelaxedServer != "" {
 		rep.Relaxed = &benchSide{Target: strings.TrimRight(cfg.RelaxedServer, "/") + "/"}
@@ -394,8 +430,13 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	}
 	if rep.JetStreamRelaxed != nil {
 		rep.JetStreamRelaxed.summarize()
-		if h, j := rep.Reference.EventsPerSec, rep.JetStreamRelaxed.EventsPerSec; h > 0 && j > 0 {
-			rep.Ratio.RelaxedBound = ratio(rep.Relaxed.EventsPerSec, 1/(1/h+1/j))
+		rep.Ratio.RelaxedBound = additiveBoundRatio(rep.Relaxed, &rep.Reference, rep.JetStreamRelaxed)
+	}
+	if p := rep.ReferenceProcess; p != nil {
+		p.summarize()
+		rep.Ratio.EventsPerSecProcess = ratio(rep.Weft.EventsPerSec, p.EventsPerSec)
+		if rep.JetStreamRelaxed != nil {
+			rep.Ratio.RelaxedBoundProcess = additiveBoundRatio(rep.Relaxed, p, rep.JetStreamRelaxed)
 		}
 	}
 	// The bench process's CPU is the client's alone in weft's rounds, and
@@ -410,8 +451,21 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	if relaxed != nil && len(relaxed.cpu) > 0 {
 		rep.CPU.RelaxedNodeUs = medianOf(relaxed.cpu, func(c roundCPU) float64 { return c.node })
 	}
+	if refProc != nil && len(refProc.cpu) > 0 {
+		rep.CPU.ReferenceProcessUs = medianOf(refProc.cpu, func(c roundCPU) float64 { return c.node })
+	}
 	rep.Goals = ingestGoals(cfg, rep)
 	return rep, nil
+}
+
+// additiveBoundRatio is node ÷ 1/(1/http + 1/js): goal 2a's ratio, 0 when
+// a side has no rate.
+func additiveBoundRatio(node, http, js *benchSide) float64 {
+	h, j := http.EventsPerSec, js.EventsPerSec
+	if h <= 0 || j <= 0 {
+		return 0
+	}
+	return ratio(node.EventsPerSec, 1/(1/h+1/j))
 }
 
 // ingestGoals checks the goals of issue 5 that rep measured: 1a (durable
@@ -437,6 +491,10 @@ func ingestGoals(cfg ingestConfig, rep *ingestReport) []goalCheck {
 	if rep.JetStreamRelaxed != nil {
 		goals = append(goals, newGoalCheck("2a. interval fsync ≥ 0.8 × 1/(1/http + 1/js)", rep.Ratio.RelaxedBound, 0.8, "×", true,
 			ok(rep.Relaxed, &rep.Reference, rep.JetStreamRelaxed)))
+		if p := rep.ReferenceProcess; p != nil {
+			goals = append(goals, newGoalCheck("2a, http in a process of its own", rep.Ratio.RelaxedBoundProcess, 0.8, "×", true,
+				ok(rep.Relaxed, p, rep.JetStreamRelaxed)))
+		}
 	}
 	if j := rep.JetStream; j != nil && cfg.Concurrency == 1 && cfg.eventsPerRequest() == 1 {
 		rep.Ratio.P50HopSum = ratio(rep.Weft.P50ms, rep.Reference.P50ms+j.P50ms)
@@ -445,6 +503,14 @@ func ingestGoals(cfg ingestConfig, rep *ingestReport) []goalCheck {
 		goals = append(goals,
 			newGoalCheck("3. p50 ≤ 1.2 × (HTTP hop + fsynced publish)", rep.Weft.P50ms, 1.2*(rep.Reference.P50ms+j.P50ms), "ms", false, measured),
 			newGoalCheck("3. p99 ≤ 1.5 × (sum of their p99s)", rep.Weft.P99ms, 1.5*(rep.Reference.P99ms+j.P99ms), "ms", false, measured))
+		if p := rep.ReferenceProcess; p != nil {
+			rep.Ratio.P50HopSumProcess = ratio(rep.Weft.P50ms, p.P50ms+j.P50ms)
+			rep.Ratio.P99HopSumProcess = ratio(rep.Weft.P99ms, p.P99ms+j.P99ms)
+			measured := ok(&rep.Weft, p, j)
+			goals = append(goals,
+				newGoalCheck("3. p50, hop to a process of its own", rep.Weft.P50ms, 1.2*(p.P50ms+j.P50ms), "ms", false, measured),
+				newGoalCheck("3. p99, hop to a process of its own", rep.Weft.P99ms, 1.5*(p.P99ms+j.P99ms), "ms", false, measured))
+		}
 	}
 	return goals
 }
@@ -735,30 +801,6 @@ func (g *eventGen) httpHeader(h http.Header, w, seq int) {
 	g.header(w, seq, func(name, value string) { h[name] = []string{value} })
 }
 
-// startReference starts the HTTP ceiling: a bare net/http server on
-// 127.0.0.1:0 that reads each body and answers 202. It returns its base URL
-// and a function that stops it and waits for it.
-func startReference() (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, fmt.Errorf("reference server: %w", err)
-	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.WriteHeader(http.StatusAccepted)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = srv.Serve(ln) }) // returns ErrServerClosed on Close
-	stop := func() {
-		_ = srv.Close()
-		wg.Wait()
-	}
-	return "http://" + ln.Addr().String(), stop, nil
-}
-
 // writeTable prints the report for people.
 func (r *ingestReport) writeTable(w io.Writer) error {
 	mode := r.Mode
@@ -770,6 +812,10 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 	if err := writeSideBySide(w, r.Weft, r.Reference, sideBySideRows{requests: true, accepted: "202 (all rounds)", other: "other status"}); err != nil {
 		return err
 	}
+	if p := r.ReferenceProcess; p != nil {
+		fmt.Fprintf(w, "\nthe same server in a process of its own at %s, same rounds: %s requests/s, p50 %s, p99 %s; weft ÷ it %s\n",
+			p.Target, fmtRate(p.RequestsPerSec), fmtMs(p.P50ms), fmtMs(p.P99ms), fmtRatio(r.Ratio.EventsPerSecProcess))
+	}
 	if j := r.JetStream; j != nil {
 		fmt.Fprintf(w, "\n%s, same publishers, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ JetStream %s\n",
 			j.Target, fmtRate(j.EventsPerSec), fmtMs(j.P50ms), fmtMs(j.P99ms), fmtRatio(r.Ratio.EventsPerSecJetStream))
@@ -779,8 +825,12 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 			x.Target, fmtRate(x.EventsPerSec), fmtMs(x.P50ms), fmtMs(x.P99ms), fmtRatio(r.Ratio.DurabilityTax))
 	}
 	if j := r.JetStreamRelaxed; j != nil {
-		fmt.Fprintf(w, "%s, same rounds: %s events/s; weft --relaxed-sync ÷ 1/(1/reference + 1/it) %s\n",
+		fmt.Fprintf(w, "%s, same rounds: %s events/s; weft --relaxed-sync ÷ 1/(1/reference + 1/it) %s",
 			j.Target, fmtRate(j.EventsPerSec), fmtRatio(r.Ratio.RelaxedBound))
+		if r.ReferenceProcess != nil {
+			fmt.Fprintf(w, ", with the reference in its own process %s", fmtRatio(r.Ratio.RelaxedBoundProcess))
+		}
+		fmt.Fprintln(w)
 	}
 	if c := r.CPU; c.ClientUs > 0 {
 		us := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " µs" }
@@ -794,10 +844,16 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 		if c.RelaxedNodeUs > 0 {
 			parts = append(parts, "the --relaxed-sync node "+us(c.RelaxedNodeUs))
 		}
+		if c.ReferenceProcessUs > 0 {
+			parts = append(parts, "the server in its own process "+us(c.ReferenceProcessUs))
+		}
 		fmt.Fprintf(w, "CPU per event: %s\n", strings.Join(parts, "; "))
 	}
 	if r.Ratio.P50HopSum > 0 {
 		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", fmtRatio(r.Ratio.P50HopSum), fmtRatio(r.Ratio.P99HopSum))
+		if r.ReferenceProcess != nil {
+			fmt.Fprintf(w, "weft ÷ (reference in its own process + JetStream): p50 %s, p99 %s\n", fmtRatio(r.Ratio.P50HopSumProcess), fmtRatio(r.Ratio.P99HopSumProcess))
+		}
 	}
 	if len(r.Goals) > 0 {
 		writeGoals(w, "issue 5 goals:", r.Goals)

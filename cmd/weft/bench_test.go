@@ -123,6 +123,57 @@ func testBenchIngest(t *testing.T, client string) {
 	}
 }
 
+// TestBenchIngestReferenceProcess runs the HTTP ceiling in a process of its
+// own beside the one in the bench's process: both serve, the child's CPU is
+// read from its own /proc entry, goals 2a and 3 are checked against both,
+// and the child is gone once the bench returns.
+func TestBenchIngestReferenceProcess(t *testing.T) {
+	skipShort(t)
+	srv, _ := ingestStub(t, http.StatusAccepted)
+	relaxed, _ := ingestStub(t, http.StatusAccepted)
+	cfg := ingestConfig{Server: srv.URL, RelaxedServer: relaxed.URL, JetStream: true, Duration: 500 * time.Millisecond,
+		Concurrency: 1, Size: 256, Rounds: 1, Mode: "binary", OwnProcess: true, Weft: weftBin}
+	rep, err := benchIngest(t.Context(), cfg, ingestProbes{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rep.ReferenceProcess
+	if p == nil {
+		t.Fatal("no reference_process side")
+	}
+	if p.Accepted == 0 || p.Errors+p.Status429+p.Status503+p.StatusOther != 0 || len(p.Rounds) != 1 {
+		t.Fatalf("reference in its own process: %+v", p.loadStats)
+	}
+	if p.Target == rep.Reference.Target {
+		t.Errorf("both references at %s", p.Target)
+	}
+	if rep.CPU.ReferenceProcessUs <= 0 {
+		t.Errorf("the child's CPU per request not measured: %+v", rep.CPU)
+	}
+	if r := rep.Ratio; r.EventsPerSecProcess <= 0 || r.RelaxedBoundProcess <= 0 || r.P50HopSumProcess <= 0 || r.P99HopSumProcess <= 0 {
+		t.Errorf("ratios against the child not computed: %+v", r)
+	}
+	var checked []string
+	for _, g := range rep.Goals {
+		if strings.Contains(g.Criterion, "process of its own") && g.Measured {
+			checked = append(checked, g.Criterion)
+		}
+	}
+	if len(checked) != 3 { // 2a, 3's p50 and p99
+		t.Errorf("goals checked against the child: %q", checked)
+	}
+	var out bytes.Buffer
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "in a process of its own at "+p.Target) {
+		t.Errorf("table does not show the child:\n%s", out.String())
+	}
+	if addr := strings.TrimSuffix(strings.TrimPrefix(p.Target, "http://"), "/"); tcpOpen(addr) {
+		t.Errorf("the reference at %s still serves after the bench returned", addr)
+	}
+}
+
 func TestBenchIngestModes(t *testing.T) {
 	for _, c := range []struct{ mode, client string }{
 		{"structured", clientFastHTTP}, {"batch", clientFastHTTP}, {"structured", clientNetHTTP}, {"batch", clientNetHTTP},
@@ -197,7 +248,7 @@ func TestBenchIngestCounts503(t *testing.T) {
 	var out, errOut bytes.Buffer
 	g := &globals{server: srv.URL, output: "json", stdout: &out, stderr: &errOut}
 	cmd := newBenchCmd(g)
-	cmd.SetArgs([]string{"ingest", "--duration", "100ms", "--rounds", "1", "--concurrency", "2"})
+	cmd.SetArgs([]string{"ingest", "--duration", "100ms", "--rounds", "1", "--concurrency", "2", "--reference-process=false"})
 	err = cmd.ExecuteContext(t.Context())
 	var ee *exitErr
 	if !errors.As(err, &ee) || ee.code != exitError {
@@ -609,11 +660,12 @@ func TestBenchNATS(t *testing.T) {
 
 // TestBenchIngestCPU runs `weft bench ingest` briefly against a real node:
 // the report gives the CPU per event of the node (its /metrics), of the
-// client alone (this process in weft's rounds) and of the HTTP reference.
+// client alone (this process in weft's rounds) and of the HTTP reference,
+// in this process and in one of its own.
 func TestBenchIngestCPU(t *testing.T) {
 	skipShort(t)
 	_, out := benchOnNode(t, func(n *weftNode) []string {
-		return []string{"ingest", "--jetstream=false", "--relaxed-server", "http://" + n.http,
+		return []string{"ingest", "--jetstream=false", "--weft", weftBin, "--relaxed-server", "http://" + n.http,
 			"--duration", "300ms", "--rounds", "2", "--concurrency", "4", "--size", "128"}
 	})
 	var rep ingestReport
@@ -623,14 +675,14 @@ func TestBenchIngestCPU(t *testing.T) {
 	if rep.Weft.Accepted == 0 || rep.Relaxed == nil || rep.Relaxed.Accepted == 0 {
 		t.Fatalf("nothing stored: weft %+v, relaxed %+v", rep.Weft.loadStats, rep.Relaxed)
 	}
-	if c := rep.CPU; !(c.WeftNodeUs > 0 && c.ClientUs > 0 && c.ReferenceUs > 0 && c.RelaxedNodeUs > 0) {
+	if c := rep.CPU; !(c.WeftNodeUs > 0 && c.ClientUs > 0 && c.ReferenceUs > 0 && c.RelaxedNodeUs > 0 && c.ReferenceProcessUs > 0) {
 		t.Errorf("CPU per event not measured: %+v", c)
 	}
 	var table bytes.Buffer
 	if err := rep.writeTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"CPU per event: weft's node", "the fasthttp client", "the --relaxed-sync node"} {
+	for _, want := range []string{"CPU per event: weft's node", "the fasthttp client", "the --relaxed-sync node", "the server in its own process"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

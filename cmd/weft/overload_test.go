@@ -100,7 +100,7 @@ spec:
 			EventsPerSec float64 `json:"events_per_sec"`
 		} `json:"weft"`
 	}
-	plainCLI(t, bin, n, &sustained, "bench", "ingest", "--duration", "3s", "--rounds", "1", "--concurrency", "32", "--size", "64", "-o", "json")
+	plainCLI(t, bin, n, &sustained, "bench", "ingest", "--duration", "3s", "--rounds", "1", "--concurrency", "32", "--size", "64", "--reference-process=false", "-o", "json")
 	rate := int(sustained.Weft.EventsPerSec * overloadFactor)
 	if rate < overloadFactor {
 		t.Fatalf("sustainable rate %.0f events/s: nothing to multiply", sustained.Weft.EventsPerSec)
