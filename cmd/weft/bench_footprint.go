@@ -78,13 +78,15 @@ inside weft's module.`,
 	return cmd
 }
 
-// newBenchNATSIdleCmd is the embedded reference of `bench footprint`: a
-// nats-server with JetStream in a process of its own until SIGTERM.
+// newBenchNATSIdleCmd is the embedded reference of `bench footprint`, and of
+// `bench nats` in a process of its own: a nats-server with JetStream until
+// SIGTERM.
 func newBenchNATSIdleCmd() *cobra.Command {
 	var store, addr string
+	var syncAlways bool
 	cmd := &cobra.Command{
-		Use:    "nats-idle --store DIR --listen HOST:PORT",
-		Short:  "Run the embedded nats-server with JetStream until SIGTERM (the footprint bench's reference)",
+		Use:    "nats-idle --store DIR --listen HOST:PORT [--sync-always]",
+		Short:  "Run the embedded nats-server with JetStream until SIGTERM (the footprint bench's reference, and bench nats's in a process of its own)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -98,7 +100,7 @@ func newBenchNATSIdleCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: store, Host: host, Port: p, NoSigs: true, NoLog: true})
+			ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: store, Host: host, Port: p, NoSigs: true, NoLog: true, SyncAlways: syncAlways})
 			if err != nil {
 				return err
 			}
@@ -115,6 +117,7 @@ func newBenchNATSIdleCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&store, "store", "", "JetStream store folder")
 	cmd.Flags().StringVar(&addr, "listen", "127.0.0.1:4222", "client address")
+	cmd.Flags().BoolVar(&syncAlways, "sync-always", false, "fsync every message before acknowledging it, as a node without --relaxed-sync")
 	return cmd
 }
 

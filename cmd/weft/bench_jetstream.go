@@ -64,15 +64,89 @@ func startJetStreamRef(ctx context.Context, relaxed, overTCP bool) (*jetStreamRe
 		ref.stop()
 		return nil, fmt.Errorf("jetstream reference: %w", err)
 	}
-	_, err = ref.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if err := createBenchStream(ctx, ref.js); err != nil {
+		ref.stop()
+		return nil, err
+	}
+	return ref, nil
+}
+
+// createBenchStream creates the references' stream: file storage, a
+// two-minute dedup window, as the node's events stream has.
+func createBenchStream(ctx context.Context, js jetstream.JetStream) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: "BENCH", Subjects: []string{"bench.events"}, Storage: jetstream.FileStorage,
 		Duplicates: 2 * time.Minute, MaxMsgSize: 1 << 20,
 	})
 	if err != nil {
-		ref.stop()
-		return nil, fmt.Errorf("jetstream reference: stream: %w", err)
+		return fmt.Errorf("jetstream reference: stream: %w", err)
 	}
-	return ref, nil
+	return nil
+}
+
+// jetStreamProcess is the JetStream reference in a process of its own
+// (`weft bench nats-idle`), reached over loopback TCP as a node is.
+type jetStreamProcess struct {
+	dir  string
+	proc *benchProc
+	nc   *nats.Conn
+	js   jetstream.JetStream
+}
+
+// startJetStreamProcess runs `bin bench nats-idle` on a free port under a
+// temporary folder, synced as a node is (SyncAlways unless relaxed), and
+// creates the reference's stream on it.
+func startJetStreamProcess(ctx context.Context, bin string, relaxed bool) (*jetStreamProcess, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-js")
+	if err != nil {
+		return nil, fmt.Errorf("jetstream reference process: %w", err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	args := []string{"bench", "nats-idle", "--store", dir, "--listen", addr}
+	if !relaxed {
+		args = append(args, "--sync-always")
+	}
+	p, err := startProc("jetstream reference", bin, args...)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	j := &jetStreamProcess{dir: dir, proc: p}
+	if err := p.waitUntil(ctx, 30*time.Second, "listening", func() bool { return tcpOpen(addr) }); err != nil {
+		j.stop()
+		return nil, fmt.Errorf("jetstream reference process: %w", err)
+	}
+	if j.nc, err = nats.Connect("nats://"+addr, nats.MaxReconnects(0)); err != nil {
+		j.stop()
+		return nil, fmt.Errorf("jetstream reference process: %w", err)
+	}
+	if j.js, err = jetstream.New(j.nc); err != nil {
+		j.stop()
+		return nil, fmt.Errorf("jetstream reference process: %w", err)
+	}
+	if err := createBenchStream(ctx, j.js); err != nil {
+		j.stop()
+		return nil, err
+	}
+	return j, nil
+}
+
+// cpu reads the child's CPU time.
+func (j *jetStreamProcess) cpu(context.Context) (time.Duration, bool) {
+	d, err := procCPU(j.proc.pid())
+	return d, err == nil
+}
+
+func (j *jetStreamProcess) stop() {
+	if j.nc != nil {
+		j.nc.Close()
+	}
+	j.proc.stop()
+	_ = os.RemoveAll(j.dir)
 }
 
 func (j *jetStreamRef) stop() {

@@ -28,6 +28,10 @@ type natsConfig struct {
 	Size        int           // bytes of event data per event
 	Rounds      int           // rounds; each runs weft then the reference
 	Relaxed     bool          // the reference syncs on an interval, as a node run with --relaxed-sync
+	// OwnProcess also measures JetStream in a process of its own, run from
+	// Weft (this binary when empty).
+	OwnProcess bool
+	Weft       string
 }
 
 func (c natsConfig) validate() error {
@@ -62,6 +66,11 @@ Nats-Msg-Id and wait for each PubAck. Rounds interleave weft and the reference;
 the table shows medians over rounds and the ratio weft ÷ reference (issue 5's
 goal 2b asks at least 0.8 with interval fsync).
 
+With --reference-process (the default) each round also publishes the same way
+to JetStream in a process of its own (weft bench nats-idle, run from --weft),
+as the node is one: in this process one Go scheduler runs the server and its
+publishers together. Goal 2b is checked against both.
+
 CPU per event is user+system time over the events a side stored: for weft
 the node's (process_cpu_seconds_total from --server's /metrics) and this
 process's publishers'; for the reference this process's, which holds its
@@ -90,6 +99,8 @@ nothing, 6 when its NATS port cannot be reached.`,
 	f.IntVar(&c.Size, "size", c.Size, "bytes of event data per event")
 	f.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds; each measures weft then the reference")
 	f.BoolVar(&c.Relaxed, "relaxed-sync", false, "sync the JetStream reference on an interval, as a node run with --relaxed-sync (goal 2b)")
+	f.BoolVar(&c.OwnProcess, "reference-process", true, "also measure JetStream in a process of its own")
+	f.StringVar(&c.Weft, "weft", "", "weft binary to run that process from (default: this one)")
 	return cmd
 }
 
@@ -104,12 +115,16 @@ type natsReport struct {
 	Rounds      int       `json:"rounds"`
 	Weft        benchSide `json:"weft"`
 	Reference   benchSide `json:"reference"`
+	// ReferenceProcess is JetStream in a process of its own.
+	ReferenceProcess *benchSide `json:"reference_process,omitempty"`
 	// Ratio is weft ÷ reference of the medians: above 1 is better for
 	// throughput, below 1 for latency. Zero when undefined.
 	Ratio struct {
 		EventsPerSec float64 `json:"events_per_sec"`
 		P50          float64 `json:"p50"`
 		P99          float64 `json:"p99"`
+		// EventsPerSecProcess is weft ÷ JetStream in a process of its own.
+		EventsPerSecProcess float64 `json:"events_per_sec_process,omitempty"`
 	} `json:"ratio"`
 	// CPU is user+system time per stored event, medians over rounds; zero
 	// where it was not measured (the node's /metrics out of reach).
@@ -119,6 +134,9 @@ type natsReport struct {
 		WeftUs           float64 `json:"weft_us_per_event"` // node and publishers
 		ReferenceUs      float64 `json:"reference_us_per_event"`
 		Ratio            float64 `json:"ratio"` // weft ÷ reference
+		// ReferenceProcessUs is JetStream in its own process and this
+		// process's publishers.
+		ReferenceProcessUs float64 `json:"reference_process_us_per_event,omitempty"`
 	} `json:"cpu"`
 	Goals   []goalCheck `json:"goals,omitempty"`
 	Machine machineInfo `json:"machine"`
@@ -148,15 +166,30 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 	}
 	rep.Weft.Target = cfg.URL + " " + cfg.Subject
 	rep.Reference.Target = "embedded JetStream over TCP, " + rep.Sync
-	var weftCPU, refCPU []roundCPU
-	sides := []struct {
+	var weftCPU, refCPU, ownCPU []roundCPU
+	type natsSide struct {
 		name    string
 		side    *benchSide
 		cpu     *[]roundCPU
+		probe   cpuProbe
 		publish natsPublish
-	}{
-		{"weft", &rep.Weft, &weftCPU, weftPublish(nc, cfg.Subject)},
-		{"reference", &rep.Reference, &refCPU, jetStreamPublish(js.js)},
+	}
+	sides := []natsSide{
+		{"weft", &rep.Weft, &weftCPU, node, weftPublish(nc, cfg.Subject)},
+		{"reference", &rep.Reference, &refCPU, nil, jetStreamPublish(js.js)},
+	}
+	if cfg.OwnProcess {
+		bin, err := weftExecutable(cfg.Weft)
+		if err != nil {
+			return nil, err
+		}
+		jp, err := startJetStreamProcess(ctx, bin, cfg.Relaxed)
+		if err != nil {
+			return nil, err
+		}
+		defer jp.stop()
+		rep.ReferenceProcess = &benchSide{Target: "JetStream in a process of its own (" + bin + " bench nats-idle) over TCP, " + rep.Sync}
+		sides = append(sides, natsSide{"reference, own process", rep.ReferenceProcess, &ownCPU, jp.cpu, jetStreamPublish(jp.js)})
 	}
 	for r := 1; r <= cfg.Rounds; r++ {
 		for _, s := range sides {
@@ -164,7 +197,7 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 			if err != nil {
 				return nil, fmt.Errorf("generate run id: %w", err)
 			}
-			st, cpu, ok := cpuPerEvent(ctx, node, func() loadStats {
+			st, cpu, ok := cpuPerEvent(ctx, s.probe, func() loadStats {
 				return runNATSLoad(ctx, cfg, runID.String(), s.publish, func(sent int64, elapsed time.Duration) {
 					if progress != nil {
 						fmt.Fprintf(progress, "\r\033[Kbench nats: round %d/%d, %s: %.1fs, %d events", r, cfg.Rounds, s.name, elapsed.Seconds(), sent)
@@ -193,9 +226,20 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 		rep.CPU.ReferenceUs = medianOf(refCPU, func(c roundCPU) float64 { return c.self })
 		rep.CPU.Ratio = ratio(rep.CPU.WeftUs, rep.CPU.ReferenceUs)
 	}
+	if p := rep.ReferenceProcess; p != nil {
+		p.summarize()
+		rep.Ratio.EventsPerSecProcess = ratio(rep.Weft.EventsPerSec, p.EventsPerSec)
+		if len(ownCPU) > 0 {
+			rep.CPU.ReferenceProcessUs = medianOf(ownCPU, func(c roundCPU) float64 { return c.node + c.self })
+		}
+	}
 	if cfg.Relaxed {
 		rep.Goals = []goalCheck{newGoalCheck("2b. NATS ingress ≥ 0.8 × raw JetStream publish", rep.Ratio.EventsPerSec, 0.8, "×", true,
 			rep.Weft.Accepted > 0 && rep.Reference.Accepted > 0)}
+		if p := rep.ReferenceProcess; p != nil {
+			rep.Goals = append(rep.Goals, newGoalCheck("2b, JetStream in a process of its own", rep.Ratio.EventsPerSecProcess, 0.8, "×", true,
+				rep.Weft.Accepted > 0 && p.Accepted > 0))
+		}
 	}
 	return rep, nil
 }
@@ -332,6 +376,14 @@ func (r *natsReport) writeTable(w io.Writer) error {
 		us := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " µs" }
 		fmt.Fprintf(w, "\nCPU per stored event: weft %s (node %s, publishers %s), reference %s (server and publishers), weft/ref %s\n",
 			us(r.CPU.WeftUs), us(r.CPU.WeftNodeUs), us(r.CPU.WeftPublishersUs), us(r.CPU.ReferenceUs), fmtRatio(r.CPU.Ratio))
+	}
+	if p := r.ReferenceProcess; p != nil {
+		fmt.Fprintf(w, "\n%s, same rounds: %s events/s, p50 %s, p99 %s; weft ÷ it %s",
+			p.Target, fmtRate(p.EventsPerSec), fmtMs(p.P50ms), fmtMs(p.P99ms), fmtRatio(r.Ratio.EventsPerSecProcess))
+		if r.CPU.ReferenceProcessUs > 0 {
+			fmt.Fprintf(w, "; CPU per stored event %s (server and publishers)", strconv.FormatFloat(r.CPU.ReferenceProcessUs, 'f', 1, 64)+" µs")
+		}
+		fmt.Fprintln(w)
 	}
 	if len(r.Goals) > 0 {
 		writeGoals(w, "issue 5 goals:", r.Goals)
