@@ -254,8 +254,7 @@ func (h *ingressHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byt
 		// finds EOF included: without them a body of exactly ContentLength
 		// bytes is copied once more into a buffer twice its size.
 		buf.Grow(int(r.ContentLength) + bytes.MinRead)
-	}
-	if r.ContentLength <= 0 {
+	} else {
 		// Only a body of unknown length (chunked) can outgrow the limit: the
 		// servers end a declared one at its Content-Length, checked above.
 		body = http.MaxBytesReader(w, body, limit)
@@ -623,8 +622,8 @@ func setBinaryAttr(ec event.EventContext, name, v string) error {
 		}
 		return ec.SetTime(t)
 	}
-	if spec.V1.Attribute(name) != nil {
-		return spec.V1.Attribute(name).Set(ec, v) // none left, should sdk-go add one
+	if attr := spec.V1.Attribute(name); attr != nil {
+		return attr.Set(ec, v) // none is left; one sdk-go may add
 	}
 	return ec.SetExtension(name, v)
 }
