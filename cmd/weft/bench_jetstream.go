@@ -60,28 +60,28 @@ func startJetStreamRef(ctx context.Context, relaxed, overTCP bool) (*jetStreamRe
 		ref.stop()
 		return nil, fmt.Errorf("jetstream reference: %w", err)
 	}
-	if ref.js, err = jetstream.New(ref.nc); err != nil {
-		ref.stop()
-		return nil, fmt.Errorf("jetstream reference: %w", err)
-	}
-	if err := createBenchStream(ctx, ref.js); err != nil {
+	if ref.js, err = openBenchStream(ctx, ref.nc); err != nil {
 		ref.stop()
 		return nil, err
 	}
 	return ref, nil
 }
 
-// createBenchStream creates the references' stream: file storage, a
+// openBenchStream creates the references' stream over nc: file storage, a
 // two-minute dedup window, as the node's events stream has.
-func createBenchStream(ctx context.Context, js jetstream.JetStream) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+func openBenchStream(ctx context.Context, nc *nats.Conn) (jetstream.JetStream, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream reference: %w", err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: "BENCH", Subjects: []string{"bench.events"}, Storage: jetstream.FileStorage,
 		Duplicates: 2 * time.Minute, MaxMsgSize: 1 << 20,
 	})
 	if err != nil {
-		return fmt.Errorf("jetstream reference: stream: %w", err)
+		return nil, fmt.Errorf("jetstream reference: stream: %w", err)
 	}
-	return nil
+	return js, nil
 }
 
 // jetStreamProcess is the JetStream reference in a process of its own
@@ -124,11 +124,7 @@ func startJetStreamProcess(ctx context.Context, bin string, relaxed bool) (*jetS
 		j.stop()
 		return nil, fmt.Errorf("jetstream reference process: %w", err)
 	}
-	if j.js, err = jetstream.New(j.nc); err != nil {
-		j.stop()
-		return nil, fmt.Errorf("jetstream reference process: %w", err)
-	}
-	if err := createBenchStream(ctx, j.js); err != nil {
+	if j.js, err = openBenchStream(ctx, j.nc); err != nil {
 		j.stop()
 		return nil, err
 	}
