@@ -35,11 +35,11 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Load generator: weft against a reference measured in the same run (throughput, latency percentiles, ratio)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, nats, router, footprint, e2e, scale, load)"))
+			return withCode(exitUsage, errors.New("bench: name a scenario (ingest, nats, router, footprint, e2e, scale, load), or goals for all of issue 5's"))
 		},
 	}
 	cmd.AddCommand(newBenchIngestCmd(g), newBenchNATSCmd(g), newBenchRouterCmd(g), newBenchFootprintCmd(g), newBenchNATSIdleCmd(), newBenchLoadCmd(g),
-		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchWorkerCmd(), newBenchHTTPReferenceCmd())
+		newBenchE2ECmd(g), newBenchScaleCmd(g), newBenchGoalsCmd(g), newBenchWorkerCmd(), newBenchHTTPReferenceCmd())
 	return cmd
 }
 

@@ -378,10 +378,14 @@ spec:
 	return rep, nil
 }
 
-// startWeftNode runs `weft serve` in dir with manifest applied from a file,
-// default durability, loopback ports, and waits until it is ready. It
-// returns the process and the base URL of its ingress and API.
-func startWeftNode(ctx context.Context, exe, dir, manifest string) (*benchProc, string, error) {
+// startWeftNode runs `weft serve` in dir with manifest applied from a file
+// (none when ""), loopback ports, no NATS ingress unless flags give one,
+// default durability unless flags change it, and waits until it is ready.
+// It returns the process and the base URL of its ingress and API.
+func startWeftNode(ctx context.Context, exe, dir, manifest string, flags ...string) (*benchProc, string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", err
+	}
 	var args []string
 	if manifest != "" {
 		file := filepath.Join(dir, "bench.yaml")
@@ -397,7 +401,11 @@ func startWeftNode(ctx context.Context, exe, dir, manifest string) (*benchProc, 
 			return nil, "", err
 		}
 	}
-	args = append(args, "--data", filepath.Join(dir, "weft"), "--http", addrs[0], "--nats", "", "--router", addrs[1], "--log-level", "warn")
+	args = append(args, "--data", filepath.Join(dir, "weft"), "--http", addrs[0], "--router", addrs[1], "--log-level", "warn")
+	if !slices.Contains(flags, "--nats") {
+		args = append(args, "--nats", "")
+	}
+	args = append(args, flags...)
 	p, err := startProc("weft serve", exe, append([]string{"serve"}, args...)...)
 	if err != nil {
 		return nil, "", err
@@ -684,6 +692,6 @@ func writeGoals(w io.Writer, title string, goals []goalCheck) {
 			}
 			verdict = fmt.Sprintf("%.3f %s %s %.3f: %s", g.Got, g.Unit, cmp, g.Bound, verdict)
 		}
-		fmt.Fprintf(w, "  %-46s %s\n", g.Criterion, verdict)
+		fmt.Fprintf(w, "  %-48s %s\n", g.Criterion, verdict)
 	}
 }
