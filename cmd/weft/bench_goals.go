@@ -254,7 +254,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 			for _, c := range cfg.Ingest {
 				ic := ingestConfig{Server: nodes.durableURL, RelaxedServer: nodes.relaxedURL, Duration: cfg.Duration, Concurrency: c,
 					Size: 1024, Rounds: cfg.Rounds, Mode: "binary", JetStream: true, Client: clientFastHTTP, OwnProcess: true, Weft: exe}
-				err := run(fmt.Sprintf("ingest, %s", plural(c, "connection")),
+				err := run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
 					fmt.Sprintf("weft bench ingest --server %s --relaxed-server %s --concurrency %d %s", nodes.durableURL, nodes.relaxedURL, c, rounds),
 					func() (any, []goalCheck, error) {
 						r, err := benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL)}, progress)
@@ -272,7 +272,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 			for _, c := range cfg.NATS {
 				nc := natsConfig{URL: "nats://" + nodes.natsAddr, Subject: "weft.in.bench", Duration: cfg.Duration, Concurrency: c,
 					Size: 1024, Rounds: cfg.Rounds, Relaxed: true, OwnProcess: true, Weft: exe}
-				err := run(fmt.Sprintf("nats, %s", plural(c, "publisher")),
+				err := run(fmt.Sprintf("goal 2b: nats, %s", plural(c, "publisher")),
 					fmt.Sprintf("weft bench nats --server %s --url %s --relaxed-sync --concurrency %d %s", nodes.relaxedURL, nc.URL, c, rounds),
 					func() (any, []goalCheck, error) {
 						r, err := benchNATS(ctx, nc, probe(nodes.relaxedURL), progress)
@@ -290,7 +290,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 	}
 	if cfg.runs("e2e") {
 		ec := e2eConfig{Duration: cfg.Duration, Rounds: cfg.Rounds, Size: 1024, Weft: exe, Worker: cfg.Worker}
-		err := run("e2e, one connection", "weft bench e2e "+rounds+flagIf("--worker", cfg.Worker), func() (any, []goalCheck, error) {
+		err := run("goal 4: e2e, one connection", "weft bench e2e "+rounds+flagIf("--worker", cfg.Worker), func() (any, []goalCheck, error) {
 			r, err := benchE2E(ctx, ec, progress)
 			if err != nil {
 				return nil, nil, err
@@ -303,7 +303,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 	}
 	if cfg.runs("scale") {
 		sc := scaleConfig{Samples: cfg.Samples, Steps: cfg.Steps, Rounds: cfg.Rounds, Weft: exe, Worker: cfg.Worker}
-		err := run("scale from zero",
+		err := run("goal 7: scale from zero",
 			fmt.Sprintf("weft bench scale --samples %d --steps %d --rounds %d%s", cfg.Samples, cfg.Steps, cfg.Rounds, flagIf("--worker", cfg.Worker)),
 			func() (any, []goalCheck, error) {
 				r, err := benchScale(ctx, sc, progress)
@@ -320,7 +320,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 		for _, c := range cfg.Router {
 			rc := routerConfig{Duration: cfg.Duration, Concurrency: c, Rounds: cfg.Rounds, Size: 64, MTLS: true, Weft: exe,
 				Nginx: cfg.Nginx, NginxWorkers: "auto"}
-			err := run(fmt.Sprintf("router, %s", plural(c, "connection")),
+			err := run(fmt.Sprintf("goal 6: router, %s", plural(c, "connection")),
 				fmt.Sprintf("weft bench router --concurrency %d %s%s", c, rounds, flagIf("--nginx", cfg.Nginx)),
 				func() (any, []goalCheck, error) {
 					r, err := benchRouter(ctx, rc, progress)
@@ -336,7 +336,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 	}
 	if cfg.runs("footprint") {
 		fc := footprintConfig{Rounds: cfg.Rounds, Settle: cfg.Settle, Functions: cfg.Functions, Weft: exe, NATSServer: cfg.NATSServer}
-		err := run("footprint",
+		err := run("goal 8: footprint",
 			fmt.Sprintf("weft bench footprint --rounds %d --settle %s --functions %d%s", cfg.Rounds, cfg.Settle, cfg.Functions, flagIf("--nats-server", cfg.NATSServer)),
 			func() (any, []goalCheck, error) {
 				r, err := benchFootprint(ctx, fc)

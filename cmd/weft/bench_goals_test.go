@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -42,13 +44,13 @@ func TestBenchGoals(t *testing.T) {
 		name     string
 		measured []string
 	}{
-		{"ingest, one connection", []string{"1a.", "1b.", "2a.", "2a, http", "3. p50 ≤", "3. p99 ≤", "3. p50, hop", "3. p99, hop"}},
-		{"ingest, 4 connections", []string{"1a.", "1b.", "2a.", "2a, http"}},
-		{"nats, 4 publishers", []string{"2b.", "2b, JetStream"}},
-		{"e2e, one connection", []string{"e2e p50", "e2e p99"}},
-		{"scale from zero", []string{"p50 ≤", "p90 ≤"}},
-		{"router, one connection", []string{"mutual TLS"}},
-		{"footprint", []string{"idle weft serve", "per idle Function", "no process"}},
+		{"goals 1-3: ingest, one connection", []string{"1a.", "1b.", "2a.", "2a, http", "3. p50 ≤", "3. p99 ≤", "3. p50, hop", "3. p99, hop"}},
+		{"goals 1-3: ingest, 4 connections", []string{"1a.", "1b.", "2a.", "2a, http"}},
+		{"goal 2b: nats, 4 publishers", []string{"2b.", "2b, JetStream"}},
+		{"goal 4: e2e, one connection", []string{"e2e p50", "e2e p99"}},
+		{"goal 7: scale from zero", []string{"p50 ≤", "p90 ≤"}},
+		{"goal 6: router, one connection", []string{"mutual TLS"}},
+		{"goal 8: footprint", []string{"idle weft serve", "per idle Function", "no process"}},
 	}
 	if nginxMissing == "" {
 		want[5].measured = append(want[5].measured, "added p50", "added p99", "throughput", "CPU per request")
@@ -103,7 +105,7 @@ func TestBenchGoals(t *testing.T) {
 	if err := back.writeTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"ingest, 4 connections", "weft bench nats", "footprint", "measured checks met", "machine:"} {
+	for _, s := range []string{"goals 1-3: ingest, 4 connections", "weft bench nats", "goal 8: footprint", "measured checks met", "machine:"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
@@ -122,7 +124,7 @@ func TestBenchGoalsGoesOnAfterAFailure(t *testing.T) {
 		"--worker", "/nonexistent/worker", "--weft", weftBin})
 	err := cmd.ExecuteContext(t.Context())
 	var ee *exitErr
-	if !errors.As(err, &ee) || ee.code != exitError || !strings.Contains(err.Error(), "e2e, one connection") {
+	if !errors.As(err, &ee) || ee.code != exitError || !strings.Contains(err.Error(), "goal 4: e2e, one connection") {
 		t.Fatalf("err = %v, want exit %d naming the e2e run", err, exitError)
 	}
 	var rep goalsReport
@@ -151,5 +153,28 @@ func TestBenchGoalsUsage(t *testing.T) {
 		if !errors.As(err, &ee) || ee.code != exitUsage {
 			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
 		}
+	}
+}
+
+// TestWorkerArgvResolvesRelativePaths: --worker bin/x names a file from the
+// bench's folder even though a node resolves a manifest's relative command
+// against the manifest's folder; a bare name is left to PATH.
+func TestWorkerArgvResolvesRelativePaths(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for worker, want := range map[string]string{
+		"bin/benchworker":    filepath.Join(wd, "bin", "benchworker"),
+		"./benchworker":      filepath.Join(wd, "benchworker"),
+		"/opt/w/benchworker": "/opt/w/benchworker",
+		"python3":            "python3",
+	} {
+		if got := workerArgv("/usr/bin/weft", worker); len(got) != 1 || got[0] != want {
+			t.Errorf("workerArgv(%q) = %q, want [%q]", worker, got, want)
+		}
+	}
+	if got := workerArgv("/usr/bin/weft", ""); !slices.Equal(got, []string{"/usr/bin/weft", "bench", "worker"}) {
+		t.Errorf("workerArgv(\"\") = %q", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -350,6 +351,13 @@ const byHandPoll = 100 * time.Microsecond
 // bench worker.
 func workerArgv(exe, worker string) []string {
 	if worker != "" {
+		// A relative path is the bench's, not that of the manifest folder
+		// the node resolves a Function's command against.
+		if strings.ContainsRune(worker, filepath.Separator) {
+			if abs, err := filepath.Abs(worker); err == nil {
+				worker = abs
+			}
+		}
 		return []string{worker}
 	}
 	return []string{exe, "bench", "worker"}
