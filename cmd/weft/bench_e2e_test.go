@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -248,20 +247,11 @@ func TestBenchIngestGoals(t *testing.T) {
 }
 
 func TestBenchE2EUsage(t *testing.T) {
-	for _, args := range [][]string{
+	checkBenchUsage(t, [][]string{
 		{"e2e", "--duration", "0s"},
 		{"e2e", "--rounds", "0"},
 		{"e2e", "--size", "-1"},
 		{"scale", "--samples", "0"},
 		{"scale", "--rounds", "0"},
-	} {
-		g := &globals{output: "table", stdout: io.Discard, stderr: io.Discard}
-		cmd := newBenchCmd(g)
-		cmd.SetArgs(args)
-		err := cmd.ExecuteContext(t.Context())
-		var ee *exitErr
-		if !errors.As(err, &ee) || ee.code != exitUsage {
-			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
-		}
-	}
+	})
 }

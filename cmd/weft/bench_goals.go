@@ -71,6 +71,14 @@ func (c goalsConfig) validate() error {
 
 func (c goalsConfig) runs(scenario string) bool { return slices.Contains(c.Only, scenario) }
 
+// concurrencies is cs when scenario is to run, else none.
+func (c goalsConfig) concurrencies(scenario string, cs []int) []int {
+	if !c.runs(scenario) {
+		return nil
+	}
+	return cs
+}
+
 func newBenchGoalsCmd(g *globals) *cobra.Command {
 	c := goalsConfig{Duration: 4 * time.Second, Rounds: 3, Only: goalScenarios,
 		Ingest: []int{1, 16, 64, 256}, NATS: []int{16, 64}, Router: []int{1, 16},
@@ -136,6 +144,16 @@ type goalsReport struct {
 	Met      int         `json:"met"`     // of them, met
 	Machine  machineInfo `json:"machine"`
 }
+
+// goalReport is a scenario's report with the goal checks it made.
+type goalReport interface{ goalChecks() []goalCheck }
+
+func (r *ingestReport) goalChecks() []goalCheck    { return r.Goals }
+func (r *natsReport) goalChecks() []goalCheck      { return r.Goals }
+func (r *e2eReport) goalChecks() []goalCheck       { return r.Goals }
+func (r *scaleReport) goalChecks() []goalCheck     { return r.Goals }
+func (r *routerReport) goalChecks() []goalCheck    { return r.Goals }
+func (r *footprintReport) goalChecks() []goalCheck { return r.Goals }
 
 // goalsRun is one scenario run: its goal checks and its whole report.
 type goalsRun struct {
@@ -210,23 +228,28 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 	rep := &goalsReport{Scenario: "goals", Date: time.Now().UTC().Truncate(time.Second), Weft: exe,
 		Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
 		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
-	step := 0
-	total := cfg.count()
-	run := func(name, command string, measure func() (any, []goalCheck, error)) error {
+	step, total := 0, cfg.count()
+	// run measures one scenario and records its checks, or its failure.
+	// Once ctx ends nothing more is run.
+	run := func(name, command string, measure func() (goalReport, error)) {
+		if ctx.Err() != nil {
+			return
+		}
 		step++
 		if progress != nil {
 			fmt.Fprintf(progress, "\r\033[Kgoals %d/%d: %s\n", step, total, name)
 		}
-		report, goals, err := measure()
-		r := goalsRun{Name: name, Command: command, Goals: goals, Report: report}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
+		r := goalsRun{Name: name, Command: command}
+		report, err := measure()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
 			r.Error = err.Error()
+		default:
+			r.Goals, r.Report = report.goalChecks(), report
 		}
 		rep.Runs = append(rep.Runs, r)
-		return nil
 	}
 	flagIf := func(flag, v string) string {
 		if v == "" {
@@ -250,104 +273,50 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 		probe := func(url string) cpuProbe {
 			return nodeCPUProbe(&apiClient{base: url, token: token, http: &http.Client{}})
 		}
-		if cfg.runs("ingest") {
-			for _, c := range cfg.Ingest {
-				ic := ingestConfig{Server: nodes.durableURL, RelaxedServer: nodes.relaxedURL, Duration: cfg.Duration, Concurrency: c,
-					Size: 1024, Rounds: cfg.Rounds, Mode: "binary", JetStream: true, Client: clientFastHTTP, OwnProcess: true, Weft: exe}
-				err := run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
-					fmt.Sprintf("weft bench ingest --server %s --relaxed-server %s --concurrency %d %s", nodes.durableURL, nodes.relaxedURL, c, rounds),
-					func() (any, []goalCheck, error) {
-						r, err := benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL)}, progress)
-						if err != nil {
-							return nil, nil, err
-						}
-						return r, r.Goals, nil
-					})
-				if err != nil {
-					return nil, err
-				}
-			}
+		for _, c := range cfg.concurrencies("ingest", cfg.Ingest) {
+			ic := ingestConfig{Server: nodes.durableURL, RelaxedServer: nodes.relaxedURL, Duration: cfg.Duration, Concurrency: c,
+				Size: 1024, Rounds: cfg.Rounds, Mode: "binary", JetStream: true, Client: clientFastHTTP, OwnProcess: true, Weft: exe}
+			run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
+				fmt.Sprintf("weft bench ingest --server %s --relaxed-server %s --concurrency %d %s", nodes.durableURL, nodes.relaxedURL, c, rounds),
+				func() (goalReport, error) {
+					return benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL)}, progress)
+				})
 		}
-		if cfg.runs("nats") {
-			for _, c := range cfg.NATS {
-				nc := natsConfig{URL: "nats://" + nodes.natsAddr, Subject: "weft.in.bench", Duration: cfg.Duration, Concurrency: c,
-					Size: 1024, Rounds: cfg.Rounds, Relaxed: true, OwnProcess: true, Weft: exe}
-				err := run(fmt.Sprintf("goal 2b: nats, %s", plural(c, "publisher")),
-					fmt.Sprintf("weft bench nats --server %s --url %s --relaxed-sync --concurrency %d %s", nodes.relaxedURL, nc.URL, c, rounds),
-					func() (any, []goalCheck, error) {
-						r, err := benchNATS(ctx, nc, probe(nodes.relaxedURL), progress)
-						if err != nil {
-							return nil, nil, err
-						}
-						return r, r.Goals, nil
-					})
-				if err != nil {
-					return nil, err
-				}
-			}
+		for _, c := range cfg.concurrencies("nats", cfg.NATS) {
+			nc := natsConfig{URL: "nats://" + nodes.natsAddr, Subject: "weft.in.bench", Duration: cfg.Duration, Concurrency: c,
+				Size: 1024, Rounds: cfg.Rounds, Relaxed: true, OwnProcess: true, Weft: exe}
+			run(fmt.Sprintf("goal 2b: nats, %s", plural(c, "publisher")),
+				fmt.Sprintf("weft bench nats --server %s --url %s --relaxed-sync --concurrency %d %s", nodes.relaxedURL, nc.URL, c, rounds),
+				func() (goalReport, error) { return benchNATS(ctx, nc, probe(nodes.relaxedURL), progress) })
 		}
 		nodes.stop() // the scenarios below start nodes of their own
 	}
 	if cfg.runs("e2e") {
 		ec := e2eConfig{Duration: cfg.Duration, Rounds: cfg.Rounds, Size: 1024, Weft: exe, Worker: cfg.Worker}
-		err := run("goal 4: e2e, one connection", "weft bench e2e "+rounds+flagIf("--worker", cfg.Worker), func() (any, []goalCheck, error) {
-			r, err := benchE2E(ctx, ec, progress)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Goals, nil
-		})
-		if err != nil {
-			return nil, err
-		}
+		run("goal 4: e2e, one connection", "weft bench e2e "+rounds+flagIf("--worker", cfg.Worker),
+			func() (goalReport, error) { return benchE2E(ctx, ec, progress) })
 	}
 	if cfg.runs("scale") {
 		sc := scaleConfig{Samples: cfg.Samples, Steps: cfg.Steps, Rounds: cfg.Rounds, Weft: exe, Worker: cfg.Worker}
-		err := run("goal 7: scale from zero",
+		run("goal 7: scale from zero",
 			fmt.Sprintf("weft bench scale --samples %d --steps %d --rounds %d%s", cfg.Samples, cfg.Steps, cfg.Rounds, flagIf("--worker", cfg.Worker)),
-			func() (any, []goalCheck, error) {
-				r, err := benchScale(ctx, sc, progress)
-				if err != nil {
-					return nil, nil, err
-				}
-				return r, r.Goals, nil
-			})
-		if err != nil {
-			return nil, err
-		}
+			func() (goalReport, error) { return benchScale(ctx, sc, progress) })
 	}
-	if cfg.runs("router") {
-		for _, c := range cfg.Router {
-			rc := routerConfig{Duration: cfg.Duration, Concurrency: c, Rounds: cfg.Rounds, Size: 64, MTLS: true, Weft: exe,
-				Nginx: cfg.Nginx, NginxWorkers: "auto"}
-			err := run(fmt.Sprintf("goal 6: router, %s", plural(c, "connection")),
-				fmt.Sprintf("weft bench router --concurrency %d %s%s", c, rounds, flagIf("--nginx", cfg.Nginx)),
-				func() (any, []goalCheck, error) {
-					r, err := benchRouter(ctx, rc, progress)
-					if err != nil {
-						return nil, nil, err
-					}
-					return r, r.Goals, nil
-				})
-			if err != nil {
-				return nil, err
-			}
-		}
+	for _, c := range cfg.concurrencies("router", cfg.Router) {
+		rc := routerConfig{Duration: cfg.Duration, Concurrency: c, Rounds: cfg.Rounds, Size: 64, MTLS: true, Weft: exe,
+			Nginx: cfg.Nginx, NginxWorkers: "auto"}
+		run(fmt.Sprintf("goal 6: router, %s", plural(c, "connection")),
+			fmt.Sprintf("weft bench router --concurrency %d %s%s", c, rounds, flagIf("--nginx", cfg.Nginx)),
+			func() (goalReport, error) { return benchRouter(ctx, rc, progress) })
 	}
 	if cfg.runs("footprint") {
 		fc := footprintConfig{Rounds: cfg.Rounds, Settle: cfg.Settle, Functions: cfg.Functions, Weft: exe, NATSServer: cfg.NATSServer}
-		err := run("goal 8: footprint",
+		run("goal 8: footprint",
 			fmt.Sprintf("weft bench footprint --rounds %d --settle %s --functions %d%s", cfg.Rounds, cfg.Settle, cfg.Functions, flagIf("--nats-server", cfg.NATSServer)),
-			func() (any, []goalCheck, error) {
-				r, err := benchFootprint(ctx, fc)
-				if err != nil {
-					return nil, nil, err
-				}
-				return r, r.Goals, nil
-			})
-		if err != nil {
-			return nil, err
-		}
+			func() (goalReport, error) { return benchFootprint(ctx, fc) })
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	for _, r := range rep.Runs {
 		for _, g := range r.Goals {

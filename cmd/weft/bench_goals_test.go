@@ -137,23 +137,14 @@ func TestBenchGoalsGoesOnAfterAFailure(t *testing.T) {
 }
 
 func TestBenchGoalsUsage(t *testing.T) {
-	for _, args := range [][]string{
+	checkBenchUsage(t, [][]string{
 		{"goals", "--only", "ingest,carrier-pigeon"},
 		{"goals", "--only", ""},
 		{"goals", "--ingest-concurrency", "0"},
 		{"goals", "--router-concurrency", "1,0"},
 		{"goals", "--rounds", "0"},
 		{"goals", "--duration", "0s"},
-	} {
-		g := &globals{output: "table", stdout: io.Discard, stderr: io.Discard}
-		cmd := newBenchCmd(g)
-		cmd.SetArgs(args)
-		err := cmd.ExecuteContext(t.Context())
-		var ee *exitErr
-		if !errors.As(err, &ee) || ee.code != exitUsage {
-			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
-		}
-	}
+	})
 }
 
 // TestWorkerArgvResolvesRelativePaths: --worker bin/x names a file from the

@@ -309,17 +309,11 @@ func TestBenchIngestUnreachable(t *testing.T) {
 	}
 }
 
-func TestBenchIngestUsage(t *testing.T) {
-	for _, args := range [][]string{
-		{"ingest", "--mode", "carrier-pigeon"},
-		{"ingest", "--concurrency", "0"},
-		{"ingest", "--client", "curl"},
-		{"ingest", "--mode", "batch", "--batch", "0"},
-		{"ingest", "--relaxed-sync", "--relaxed-server", "http://127.0.0.1:1"},
-		{"nats", "--concurrency", "0"},
-		{"nats", "--rounds", "0"},
-		{},
-	} {
+// checkBenchUsage runs `weft bench` with each argument list and requires a
+// usage error (exit 2) for every one.
+func checkBenchUsage(t *testing.T, argLists [][]string) {
+	t.Helper()
+	for _, args := range argLists {
 		g := &globals{server: "http://127.0.0.1:1", output: "table", stdout: io.Discard, stderr: io.Discard}
 		cmd := newBenchCmd(g)
 		cmd.SetArgs(args)
@@ -329,6 +323,19 @@ func TestBenchIngestUsage(t *testing.T) {
 			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
 		}
 	}
+}
+
+func TestBenchIngestUsage(t *testing.T) {
+	checkBenchUsage(t, [][]string{
+		{"ingest", "--mode", "carrier-pigeon"},
+		{"ingest", "--concurrency", "0"},
+		{"ingest", "--client", "curl"},
+		{"ingest", "--mode", "batch", "--batch", "0"},
+		{"ingest", "--relaxed-sync", "--relaxed-server", "http://127.0.0.1:1"},
+		{"nats", "--concurrency", "0"},
+		{"nats", "--rounds", "0"},
+		{},
+	})
 }
 
 func TestPercentileAndMedian(t *testing.T) {
@@ -448,22 +455,13 @@ func TestBenchRouterCommand(t *testing.T) {
 }
 
 func TestBenchRouterUsage(t *testing.T) {
-	for _, args := range [][]string{
+	checkBenchUsage(t, [][]string{
 		{"router", "--concurrency", "0"},
 		{"router", "--rounds", "0"},
 		{"router", "--nginx-workers", "many"},
 		{"footprint", "--rounds", "0"},
 		{"footprint", "--functions", "-1"},
-	} {
-		g := &globals{output: "table", stdout: io.Discard, stderr: io.Discard}
-		cmd := newBenchCmd(g)
-		cmd.SetArgs(args)
-		err := cmd.ExecuteContext(t.Context())
-		var ee *exitErr
-		if !errors.As(err, &ee) || ee.code != exitUsage {
-			t.Errorf("%q: err = %v, want exit %d", args, err, exitUsage)
-		}
-	}
+	})
 }
 
 // TestBenchFootprint measures a real weft serve against the embedded
