@@ -71,12 +71,13 @@ func (c goalsConfig) validate() error {
 
 func (c goalsConfig) runs(scenario string) bool { return slices.Contains(c.Only, scenario) }
 
-// concurrencies is cs when scenario is to run, else none.
-func (c goalsConfig) concurrencies(scenario string, cs []int) []int {
+// concurrencies are the runs of a scenario that takes a concurrency, none
+// when it is not to run or takes none.
+func (c goalsConfig) concurrencies(scenario string) []int {
 	if !c.runs(scenario) {
 		return nil
 	}
-	return cs
+	return map[string][]int{"ingest": c.Ingest, "nats": c.NATS, "router": c.Router}[scenario]
 }
 
 func newBenchGoalsCmd(g *globals) *cobra.Command {
@@ -273,7 +274,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 		probe := func(url string) cpuProbe {
 			return nodeCPUProbe(&apiClient{base: url, token: token, http: &http.Client{}})
 		}
-		for _, c := range cfg.concurrencies("ingest", cfg.Ingest) {
+		for _, c := range cfg.concurrencies("ingest") {
 			ic := ingestConfig{Server: nodes.durableURL, RelaxedServer: nodes.relaxedURL, Duration: cfg.Duration, Concurrency: c,
 				Size: 1024, Rounds: cfg.Rounds, Mode: "binary", JetStream: true, Client: clientFastHTTP, OwnProcess: true, Weft: exe}
 			run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
@@ -282,7 +283,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 					return benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL)}, progress)
 				})
 		}
-		for _, c := range cfg.concurrencies("nats", cfg.NATS) {
+		for _, c := range cfg.concurrencies("nats") {
 			nc := natsConfig{URL: "nats://" + nodes.natsAddr, Subject: "weft.in.bench", Duration: cfg.Duration, Concurrency: c,
 				Size: 1024, Rounds: cfg.Rounds, Relaxed: true, OwnProcess: true, Weft: exe}
 			run(fmt.Sprintf("goal 2b: nats, %s", plural(c, "publisher")),
@@ -302,7 +303,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 			fmt.Sprintf("weft bench scale --samples %d --steps %d --rounds %d%s", cfg.Samples, cfg.Steps, cfg.Rounds, flagIf("--worker", cfg.Worker)),
 			func() (goalReport, error) { return benchScale(ctx, sc, progress) })
 	}
-	for _, c := range cfg.concurrencies("router", cfg.Router) {
+	for _, c := range cfg.concurrencies("router") {
 		rc := routerConfig{Duration: cfg.Duration, Concurrency: c, Rounds: cfg.Rounds, Size: 64, MTLS: true, Weft: exe,
 			Nginx: cfg.Nginx, NginxWorkers: "auto"}
 		run(fmt.Sprintf("goal 6: router, %s", plural(c, "connection")),
@@ -336,16 +337,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 func (c goalsConfig) count() int {
 	n := 0
 	for _, s := range c.Only {
-		switch s {
-		case "ingest":
-			n += len(c.Ingest)
-		case "nats":
-			n += len(c.NATS)
-		case "router":
-			n += len(c.Router)
-		default:
-			n++
-		}
+		n += max(len(c.concurrencies(s)), 1) // one run per concurrency, or one
 	}
 	return n
 }
