@@ -33,24 +33,30 @@ import (
 // stall the dispatch of everyone else's events.
 const directShare = 2
 
-// A trigger whose slots are all busy makes the dispatcher wait up to
-// slotWait for one before it stores the delivery instead: a trigger whose
-// subscriber answers at once frees a slot within a fraction of that, and a
-// second store, fsync included, costs more than the wait (a backlog to a warm
-// subscriber, BenchmarkDispatch/bound: 14.5k → 20–22k events/s). A trigger on
-// whose slots such a wait ran out counts as slow for slowFor: its busy
-// deliveries are stored at once, so a slow subscriber holds up the
-// dispatcher for at most one slotWait per worker and slowFor (5 %).
+// A trigger whose slots are all busy makes the dispatcher wait for one before
+// it stores the delivery instead: a trigger whose subscriber answers at once
+// frees a slot within a fraction of a millisecond, and a second store, fsync
+// included, costs more than the wait (a backlog to a warm subscriber,
+// BenchmarkDispatch/bound: 14.5k → 20–22k events/s).
 //
-// The wait must outlast the queue of workers waiting for the same trigger:
-// an event that matches ten triggers at once has every worker wait for each
-// trigger's slot in turn, and with 5 ms (slowFor 100 ms) a fifth of those
-// waits ran out, so most deliveries were stored and their runners then took
-// the slots (BenchmarkDispatch/triggers, 10 matching: 14–15k deliveries/s
-// against 16–19k with one trigger; with 20 ms and 400 ms, 19.7k against 18.4k).
+// The wait is made of windows of slotWait. A window in which none of the
+// trigger's deliveries finished marks it slow for slowFor: its busy
+// deliveries are then stored at once, so a slow subscriber holds up the
+// dispatcher for about one slotWait per worker and slowFor (5 %). A trigger
+// that finished some is busy, not slow: the worker waits another window, as
+// it queues behind the other workers waiting for the same trigger, up to
+// slotWindows (a wait that long marks the trigger slow too). A single wait
+// of 20 ms misjudged that queue: with an event matching ten triggers, every
+// worker waits for each trigger's slot in turn, 320 deliveries are in flight
+// and each takes about 20 ms; 10–20 % of the waits ran out, those triggers
+// counted slow, and storing their deliveries made ten matching triggers
+// 0.63–0.89 × one trigger's deliveries/s (BenchmarkDispatch/triggers; 0.98–1.2
+// with the windows). Those windows had finished 2–7 deliveries each, seldom
+// none: deliveries under load end in bursts.
 const (
 	defaultSlotWait = 20 * time.Millisecond
 	defaultSlowFor  = 400 * time.Millisecond
+	slotWindows     = 5
 )
 
 // tryDirect reserves a direct delivery for trigger r: a slot of the trigger
@@ -79,25 +85,41 @@ func (b *Broker) awaitDirect(ctx context.Context, r *runner) bool {
 	return false
 }
 
-// awaitSlot waits up to slotWait for one of r's slots, unless r counts as
-// slow; a wait that runs out makes it count as slow for slowFor.
+// awaitSlot waits for one of r's slots, unless r counts as slow: window by
+// window while r finishes deliveries, marking it slow when a window shows
+// none finished or the last window ran out.
 func (b *Broker) awaitSlot(ctx context.Context, r *runner) bool {
 	if time.Now().UnixNano() < r.slowUntil.Load() {
 		return false
 	}
 	wait := time.NewTimer(b.cfg.slotWait)
 	defer wait.Stop()
-	select {
-	case r.slots <- struct{}{}:
-		b.metrics.SlotWaits.WithLabelValues("acquired").Inc()
-		return true
-	case <-wait.C:
+	for window := 1; ; window++ {
+		finished := r.finished.Load()
+		select {
+		case r.slots <- struct{}{}:
+			b.metrics.SlotWaits.WithLabelValues("acquired").Inc()
+			return true
+		case <-wait.C:
+		case <-ctx.Done():
+			return false
+		case <-r.ctx.Done():
+			return false
+		}
+		var outcome string
+		switch {
+		case r.finished.Load() == finished:
+			outcome = "timed_out"
+		case window == slotWindows:
+			outcome = "busy"
+		default:
+			wait.Reset(b.cfg.slotWait)
+			continue
+		}
 		r.slowUntil.Store(time.Now().Add(b.cfg.slowFor).UnixNano())
-		b.metrics.SlotWaits.WithLabelValues("timed_out").Inc()
-	case <-ctx.Done():
-	case <-r.ctx.Done():
+		b.metrics.SlotWaits.WithLabelValues(outcome).Inc()
+		return false
 	}
-	return false
 }
 
 // reserveDirect takes a place within the node's share of direct

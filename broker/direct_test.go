@@ -260,6 +260,101 @@ func TestDispatcherWaitsForABusySlot(t *testing.T) {
 	}
 }
 
+// TestBusyTriggerIsWaitedFor: a trigger whose slot stays busy for longer than
+// slotWait, but which keeps finishing deliveries, is busy rather than slow:
+// the dispatcher waits on, window by window, and every event is delivered
+// directly. Four workers queue for one slot whose deliveries take 100 ms, so
+// the last waits about 300 ms, past its first 250 ms window.
+func TestBusyTriggerIsWaitedFor(t *testing.T) {
+	d := &pacedDeliverer{each: 100 * time.Millisecond, got: map[string]int{}}
+	b, srv := startBrokerWith(t, d, func(c *Config) {
+		c.TriggerWorkers, c.DispatchWorkers = 1, 4
+		c.slotWait, c.slowFor = 250*time.Millisecond, time.Hour
+	})
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("busy", "", "{uri: http://busy.invalid/}", ""))
+	const events = 8
+	for i := range events {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("b%d", i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 30*time.Second, func() bool { return len(d.counts()) == events }, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	if n := storedDeliveries(t, b); n != 0 {
+		t.Errorf("%d deliveries stored, want none: the trigger kept finishing deliveries", n)
+	}
+	for _, outcome := range []string{"timed_out", "busy"} {
+		if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues(outcome)); n != 0 {
+			t.Errorf("slot waits counted %s: %v, want none", outcome, n)
+		}
+	}
+	for id, n := range d.counts() {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
+		}
+	}
+}
+
+// TestLongQueueForASlotEndsTheWait: a trigger that keeps finishing
+// deliveries is waited for at most slotWindows windows; a worker queued
+// longer stores its delivery, counted busy, and the trigger then counts as
+// slow. Twenty-four workers queue for one slot whose deliveries take 50 ms:
+// the last would wait 1.15 s, past five windows of 200 ms.
+func TestLongQueueForASlotEndsTheWait(t *testing.T) {
+	d := &pacedDeliverer{each: 50 * time.Millisecond, got: map[string]int{}}
+	b, srv := startBrokerWith(t, d, func(c *Config) {
+		c.TriggerWorkers, c.DispatchWorkers = 1, 24
+		c.slotWait, c.slowFor = 200*time.Millisecond, time.Hour
+	})
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML("queued", "", "{uri: http://queued.invalid/}", ""))
+	const events = 30
+	for i := range events {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("q%d", i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 30*time.Second, func() bool { return len(d.counts()) == events }, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues("busy")); n < 1 {
+		t.Errorf("slot waits counted busy: %v, want at least one", n)
+	}
+	if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues("timed_out")); n != 0 {
+		t.Errorf("slot waits counted timed_out: %v, want none: the trigger kept finishing deliveries", n)
+	}
+	if n := storedDeliveries(t, b); n == 0 {
+		t.Error("no delivery stored, want those whose wait ran out")
+	}
+	for id, n := range d.counts() {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
+		}
+	}
+}
+
+// pacedDeliverer is a subscriber that takes each to answer, and counts
+// deliveries per event id.
+type pacedDeliverer struct {
+	each time.Duration
+	mu   sync.Mutex
+	got  map[string]int
+}
+
+func (p *pacedDeliverer) Deliver(ctx context.Context, _ string, ev event.Event) (*event.Event, error) {
+	p.mu.Lock()
+	p.got[ev.ID()]++
+	p.mu.Unlock()
+	select {
+	case <-time.After(p.each):
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (p *pacedDeliverer) counts() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.got)
+}
+
 // TestSlowTriggerStoredAtOnce: a wait for a slot that runs out marks the
 // trigger slow; for slowFor its busy deliveries are stored without waiting,
 // so one slow subscriber costs the dispatcher one slotWait, not one per event.

@@ -13,7 +13,7 @@ type Metrics struct {
 	Retried      *prometheus.CounterVec // by trigger
 	DeadLettered *prometheus.CounterVec // by trigger, reason: retries_exhausted, not_retryable, ttl_exceeded
 	LoopsCut     prometheus.Counter
-	SlotWaits    *prometheus.CounterVec // by outcome: acquired, timed_out
+	SlotWaits    *prometheus.CounterVec // by outcome: acquired, timed_out, busy
 
 	StorageUsed  prometheus.Gauge // JetStream disk use, bytes
 	StorageLimit prometheus.Gauge // its limit, bytes
@@ -52,7 +52,7 @@ func NewMetrics() *Metrics {
 			Name: "weft_reply_loops_cut_total", Help: "Replies dropped to the DLQ because their knativebrokerttl reached zero.",
 		}),
 		SlotWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "weft_dispatch_slot_waits_total", Help: "Waits of the dispatcher for a busy trigger's delivery slot, by outcome: acquired (delivered directly) or timed_out (the delivery was stored).",
+			Name: "weft_dispatch_slot_waits_total", Help: "Waits of the dispatcher for a busy trigger's delivery slot, by outcome: acquired (delivered directly), timed_out (the trigger finished too few deliveries meanwhile; it counts as slow and the delivery was stored) or busy (it kept finishing deliveries but no slot came free within the longest wait; the delivery was stored).",
 		}, []string{"outcome"}),
 		StorageUsed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weft_storage_used_bytes", Help: "JetStream disk use; at 90% of weft_storage_limit_bytes the ingress refuses events.",

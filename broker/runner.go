@@ -61,6 +61,9 @@ type runner struct {
 	// slowUntil (Unix ns): until then the dispatcher does not wait for a
 	// busy slot of this trigger (direct.go).
 	slowUntil atomic.Int64
+	// finished counts the deliveries that gave back their slot: the
+	// dispatcher tells a busy trigger from a slow one by it (direct.go).
+	finished atomic.Uint64
 
 	mu        sync.Mutex
 	idleAfter time.Duration // runnerIdleAfter; tests shorten it
@@ -88,8 +91,12 @@ func (r *runner) tryAcquire() bool {
 	}
 }
 
-// release gives back a slot taken by tryAcquire.
-func (r *runner) release() { <-r.slots }
+// release gives back a slot, taken by tryAcquire or by the runner's
+// consumer.
+func (r *runner) release() {
+	r.finished.Add(1)
+	<-r.slots
+}
 
 // stop ends the runner: no new delivery starts, and it returns once the
 // in-flight ones finished or DrainTimeout passed. The consumer stays, so
@@ -263,7 +270,7 @@ func (b *Broker) runTrigger(r *runner) (slept bool) {
 				inFlight--
 				lastSeen = time.Now()
 				mu.Unlock()
-				<-slots
+				r.release()
 				handlers.Done()
 			}()
 			b.handleDelivery(deliverCtx, ctx, c, name, msg)
