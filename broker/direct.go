@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -229,6 +230,13 @@ func (b *Broker) deliverDirect(ctx context.Context, c *conn, fo fanout, ev event
 	}
 	if attemptCtx.Err() != nil {
 		return attemptCtx.Err() // stopped past the drain: the event is dispatched again after restart
+	}
+	if ctx.Err() != nil {
+		// Failed while stopping (a draining pool turns away what it would
+		// have to start an instance for): not counted as an attempt, as
+		// the runner does not count one (errStopping); the event is
+		// dispatched again after restart.
+		return fmt.Errorf("stopping: %w", err)
 	}
 	wait, again := retryWait(tr.Delivery, 1, err)
 	if again {

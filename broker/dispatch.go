@@ -193,10 +193,18 @@ func (b *Broker) settle(ctx context.Context, msg jetstream.Msg, ev event.Event, 
 		defer keepInProgress(msg, b.cfg.AckWait/3)()
 		drainCtx, cancel := b.drainContext(ctx)
 		defer cancel()
+		stopping := ctx
 		ctx = drainCtx
 		for _, result := range results {
 			if err := <-result; err != nil {
-				if ctx.Err() == nil {
+				switch {
+				case ctx.Err() != nil: // past the drain: the connection may be gone
+				case stopping.Err() != nil:
+					// Handed back at once, so that it is dispatched right
+					// after a restart.
+					b.log.Debug("direct delivery not settled while stopping; event will be dispatched again", "event_id", ev.ID(), "err", err)
+					_ = msg.Nak()
+				default:
 					b.log.Warn("direct delivery not settled; event will be dispatched again", "event_id", ev.ID(), "err", err)
 					_ = msg.NakWithDelay(retryStorageDelay)
 				}

@@ -14,4 +14,7 @@ var (
 	ErrInvalidTarget = errors.New("workers: invalid target")
 	// ErrStopped is returned by Deliver once the pool's Run has ended.
 	ErrStopped = errors.New("workers: pool stopped")
+	// ErrStopping is returned by Deliver, once the pool drains (Drain), for
+	// a function with no ready instance: nothing would start one.
+	ErrStopping = errors.New("workers: pool stopping")
 )

@@ -113,6 +113,7 @@ type poolState int
 const (
 	poolIdle poolState = iota
 	poolRunning
+	poolDraining // Drain was called: nothing new starts, see Drain
 	poolStopped
 )
 
@@ -333,6 +334,28 @@ func (p *Pool) Run(ctx context.Context) error {
 	p.client.CloseIdleConnections()
 	p.log.Info("worker pool stopped")
 	return nil
+}
+
+// Drain is the first step of a node's stop, before Run's context ends: the
+// pool starts nothing new (no cold start, no scale-up, no rollout) and a
+// request waiting for a slot of a function with no ready instance gives up at
+// once with ErrStopping, as does any later one for such a function. Requests
+// on an instance run on, and those waiting for a function that has a ready
+// instance get the slots its requests free, until Run's context ends. So a
+// node whose function never becomes ready stops at once instead of holding a
+// queued request for its whole drain. Drain before Run, or after Run's
+// context ended, does nothing.
+func (p *Pool) Drain() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != poolRunning {
+		return
+	}
+	p.state = poolDraining
+	for _, fs := range p.fns {
+		fs.notify() // waiters look again
+	}
+	p.log.Info("worker pool draining")
 }
 
 // Apply makes fn the desired state of function fn.Name. A new function gets
@@ -679,6 +702,10 @@ func (p *Pool) acquire(ctx context.Context, name string) (*instance, int, error)
 			p.mu.Unlock()
 			return in, port, nil
 		}
+		if p.state == poolDraining && !fs.hasReadyLocked() {
+			p.mu.Unlock()
+			return nil, 0, fmt.Errorf("function %q has no ready instance: %w", name, ErrStopping)
+		}
 		// The activator: hold the request, count it as demand, and when the
 		// function has no instance at all, start one now (a cold start)
 		// rather than at the autoscaler's next tick.
@@ -716,6 +743,17 @@ func (p *Pool) release(in *instance) {
 	in.inflight--
 	in.fs.notify()
 	p.mu.Unlock()
+}
+
+// hasReadyLocked reports whether an instance of fs is ready and not being
+// stopped: one whose requests in flight will free a slot.
+func (fs *fnState) hasReadyLocked() bool {
+	for _, in := range fs.instances {
+		if in.state == StateReady && !in.stopping {
+			return true
+		}
+	}
+	return false
 }
 
 // pickLocked returns the ready instance with a free slot and the fewest

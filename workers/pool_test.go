@@ -296,6 +296,76 @@ func TestRemoveWakesWaitingDeliver(t *testing.T) {
 	}
 }
 
+// TestDrainTurnsAwayWhatNoInstanceWillServe: once the pool drains, a request
+// waiting for a function with no ready instance gives up at once with
+// ErrStopping, and so does a new one; a request waiting for a busy ready
+// instance still gets its slot when the request in flight ends, and nothing
+// new is started (the function at zero gets no cold start).
+func TestDrainTurnsAwayWhatNoInstanceWillServe(t *testing.T) {
+	p := startPool(t, Config{})
+	p.Apply(goFn("never-ready", "CRASH_ON_START=1"))
+	busy := goFn("drain-busy")
+	busy.Concurrency = 1
+	p.Apply(busy)
+	idle := goFn("drain-idle")
+	idle.Scale.Min = 0
+	p.Apply(idle)
+
+	neverReady := make(chan error, 1)
+	go func() {
+		_, _, err := send(p, "function:never-ready", map[string]any{})
+		neverReady <- err
+	}()
+	release := filepath.Join(t.TempDir(), "release")
+	inFlight, queued := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, _, err := send(p, "function:drain-busy", map[string]any{"wait_file": release})
+		inFlight <- err
+	}()
+	waitFor(t, 10*time.Second, func() bool { return statusOf(t, p, "drain-busy").InFlight == 1 })
+	go func() {
+		_, _, err := send(p, "function:drain-busy", map[string]any{})
+		queued <- err
+	}()
+	waitFor(t, 10*time.Second, func() bool {
+		return statusOf(t, p, "never-ready").Restarts > 0 && statusOf(t, p, "drain-busy").Waiting == 1
+	})
+
+	p.Drain()
+	select {
+	case err := <-neverReady:
+		if !errors.Is(err, ErrStopping) {
+			t.Errorf("request waiting for a function never ready: %v, want ErrStopping", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request for a function with no ready instance kept waiting after Drain")
+	}
+	if _, _, err := send(p, "function:drain-idle", map[string]any{}); !errors.Is(err, ErrStopping) {
+		t.Errorf("request for a function at zero while draining: %v, want ErrStopping", err)
+	}
+	if st := statusOf(t, p, "drain-idle"); st.Desired != 0 || len(p.Instances("drain-idle")) != 0 {
+		t.Errorf("function at zero while draining: desired %d, %d instances; want no cold start", st.Desired, len(p.Instances("drain-idle")))
+	}
+	select {
+	case err := <-queued:
+		t.Fatalf("request queued behind a ready instance ended before its slot was free: %v", err)
+	default:
+	}
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]chan error{"in flight": inFlight, "queued": queued} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Errorf("%s request on a ready instance while draining: %v", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s request on a ready instance did not end", name)
+		}
+	}
+}
+
 func TestRunStopsEveryProcess(t *testing.T) {
 	const grace = 300 * time.Millisecond
 	p := New(Config{StopGrace: grace}, testLogger())

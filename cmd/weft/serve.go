@@ -288,7 +288,13 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	})
 	grp.Go(func() error {
 		<-ctx.Done()
-		defer stopBroker()
+		defer func() {
+			stopBroker()
+			// Then, not before: a delivery the draining pool turns away
+			// finds its broker stopping, and hands its event back for
+			// after the restart instead of counting a failed attempt.
+			pool.Drain()
+		}()
 		sctx, cancel := context.WithTimeout(context.Background(), httpDrainTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {

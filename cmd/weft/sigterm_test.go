@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -79,4 +80,70 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Errorf("not every acknowledged event was delivered: %v", r)
 	}
 	t.Logf("after restart: %v", r)
+}
+
+// TestSIGTERMWithAFunctionNeverReady stops a node whose only delivery waits
+// for a function that never becomes ready (its command does not exist yet):
+// the draining pool turns the waiting delivery away at once, so the node
+// exits well before its 10 s drain instead of waiting it out, and the event
+// is handed back uncounted. The trigger allows one attempt, so a turned-away
+// delivery counted as a failed attempt would be dead-lettered; instead, once
+// the command exists and the node restarts, the event is delivered.
+func TestSIGTERMWithAFunctionNeverReady(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "received.jsonl")
+	worker := filepath.Join(dir, "worker") // created only before the restart
+	manifests := filepath.Join(dir, "manifests")
+	if err := os.MkdirAll(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(manifests, "late.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
+kind: Function
+metadata: {name: late}
+spec:
+  command: [%q]
+  env: [{name: OUT, value: %q}]
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: to-late}
+spec:
+  subscriber: {ref: {apiVersion: weft.dev/v1, kind: Function, name: late}}
+  delivery: {retry: 0}
+`, worker, out))
+	n := startNode(t, manifests, filepath.Join(dir, "data"))
+	if code := publishLoad(http.DefaultClient, n.http, "/sigterm", "waits"); code != http.StatusAccepted {
+		t.Fatalf("publish: status %d", code)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() bool { return n.function(t, "late").Restarts > 0 },
+		"the function's instance never failed to start")
+
+	start := time.Now()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("weft did not exit within 60s of SIGTERM")
+	}
+	if code := n.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
+	}
+	// The broker's drain is 10 s; a node that waited for the queued
+	// delivery took 11.6 s here.
+	if took := time.Since(start); took >= 8*time.Second {
+		t.Errorf("weft took %v to exit: it waited out its drain for a delivery no instance could take", took.Round(time.Millisecond))
+	}
+
+	if err := os.Symlink(recorderBin, worker); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	testutil.WaitFor(t, 30*time.Second, func() bool { return ids(records(t, out))["waits"] > 0 },
+		"the event was not delivered after the restart")
+	if dead := dlqEventIDs(t, n, "to-late"); len(dead) > 0 {
+		t.Errorf("dead-lettered %v: the turned-away delivery was counted as its one attempt", dead)
+	}
 }
