@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,19 +46,26 @@ const directShare = 2
 // deliveries are then stored at once, so a slow subscriber holds up the
 // dispatcher for about one slotWait per worker and slowFor (5 %). A trigger
 // that finished some is busy, not slow: the worker waits another window, as
-// it queues behind the other workers waiting for the same trigger, up to
-// slotWindows (a wait that long marks the trigger slow too). A single wait
-// of 20 ms misjudged that queue: with an event matching ten triggers, every
-// worker waits for each trigger's slot in turn, 320 deliveries are in flight
-// and each takes about 20 ms; 10–20 % of the waits ran out, those triggers
-// counted slow, and storing their deliveries made ten matching triggers
-// 0.63–0.89 × one trigger's deliveries/s (BenchmarkDispatch/triggers; 0.98–1.2
-// with the windows). Those windows had finished 2–7 deliveries each, seldom
-// none: deliveries under load end in bursts.
+// it queues behind the other workers waiting for the same trigger.
+//
+// A single wait of 20 ms misjudged that queue: with an event matching ten
+// triggers, every worker waits for each trigger's slot in turn, 320
+// deliveries are in flight and each takes about 20 ms; 10–20 % of the waits
+// ran out, although those windows had seen 2–7 deliveries finish (they end
+// in bursts under load), the triggers counted slow, and storing their
+// deliveries made ten matching triggers 0.63–0.89 × one trigger's
+// deliveries/s (BenchmarkDispatch/triggers; 1.0–1.1 with the windows).
+//
+// slotWindows bounds the wait (a wait that long marks the trigger slow too),
+// and with it what a busy trigger may cost the events behind it: while its
+// waits stay under the bound, the dispatcher goes at that trigger's pace.
+// Five windows (100 ms) gave ten matching triggers 1.2–1.3 × one trigger
+// against 1.1 with two, but would let a subscriber answering in 200 ms set
+// the pace for every event.
 const (
 	defaultSlotWait = 20 * time.Millisecond
 	defaultSlowFor  = 400 * time.Millisecond
-	slotWindows     = 5
+	slotWindows     = 2
 )
 
 // tryDirect reserves a direct delivery for trigger r: a slot of the trigger
@@ -88,39 +96,78 @@ func (b *Broker) awaitDirect(ctx context.Context, r *runner) bool {
 
 // awaitSlot waits for one of r's slots, unless r counts as slow: window by
 // window while r finishes deliveries, marking it slow when a window shows
-// none finished or the last window ran out.
+// none finished or the last window ran out. The windows are judged by a
+// timer of their own (slotJudge), so the wait stays one select: a worker
+// keeps its place in the queue of senders on r.slots, which Go serves in
+// order.
 func (b *Broker) awaitSlot(ctx context.Context, r *runner) bool {
 	if time.Now().UnixNano() < r.slowUntil.Load() {
 		return false
 	}
-	wait := time.NewTimer(b.cfg.slotWait)
-	defer wait.Stop()
-	for window := 1; ; window++ {
-		finished := r.finished.Load()
-		select {
-		case r.slots <- struct{}{}:
-			b.metrics.SlotWaits.WithLabelValues("acquired").Inc()
-			return true
-		case <-wait.C:
-		case <-ctx.Done():
-			return false
-		case <-r.ctx.Done():
-			return false
-		}
-		var outcome string
-		switch {
-		case r.finished.Load() == finished:
-			outcome = "timed_out"
-		case window == slotWindows:
-			outcome = "busy"
-		default:
-			wait.Reset(b.cfg.slotWait)
-			continue
-		}
+	j := startSlotJudge(r, b.cfg.slotWait)
+	defer j.stop()
+	select {
+	case r.slots <- struct{}{}:
+		b.metrics.SlotWaits.WithLabelValues("acquired").Inc()
+		return true
+	case outcome := <-j.giveUp:
 		r.slowUntil.Store(time.Now().Add(b.cfg.slowFor).UnixNano())
 		b.metrics.SlotWaits.WithLabelValues(outcome).Inc()
 		return false
+	case <-ctx.Done():
+		return false
+	case <-r.ctx.Done():
+		return false
 	}
+}
+
+// slotJudge judges one wait for a slot of r at the end of each window:
+// giveUp receives "timed_out" after a window in which none of r's
+// deliveries finished, "busy" after the last window.
+type slotJudge struct {
+	r      *runner
+	window time.Duration
+	giveUp chan string // buffered: at most one outcome
+
+	mu       sync.Mutex
+	t        *time.Timer
+	n        int    // the window being judged, from 1
+	finished uint64 // r.finished when it began
+	stopped  bool
+}
+
+func startSlotJudge(r *runner, window time.Duration) *slotJudge {
+	j := &slotJudge{r: r, window: window, giveUp: make(chan string, 1), n: 1, finished: r.finished.Load()}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.t = time.AfterFunc(window, j.judge)
+	return j
+}
+
+func (j *slotJudge) judge() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.stopped {
+		return
+	}
+	now := j.r.finished.Load()
+	switch {
+	case now == j.finished:
+		j.giveUp <- "timed_out"
+	case j.n == slotWindows:
+		j.giveUp <- "busy"
+	default:
+		j.n++
+		j.finished = now
+		j.t.Reset(j.window)
+	}
+}
+
+func (j *slotJudge) stop() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.stopped = true
+	j.t.Stop()
 }
 
 // reserveDirect takes a place within the node's share of direct

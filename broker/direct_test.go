@@ -263,12 +263,12 @@ func TestDispatcherWaitsForABusySlot(t *testing.T) {
 // TestBusyTriggerIsWaitedFor: a trigger whose slot stays busy for longer than
 // slotWait, but which keeps finishing deliveries, is busy rather than slow:
 // the dispatcher waits on, window by window, and every event is delivered
-// directly. Four workers queue for one slot whose deliveries take 100 ms, so
-// the last waits about 300 ms, past its first 250 ms window.
+// directly. Three workers queue for one slot whose deliveries take 100 ms, so
+// the last waits about 300 ms: past its first 250 ms window, within two.
 func TestBusyTriggerIsWaitedFor(t *testing.T) {
 	d := &pacedDeliverer{each: 100 * time.Millisecond, got: map[string]int{}}
 	b, srv := startBrokerWith(t, d, func(c *Config) {
-		c.TriggerWorkers, c.DispatchWorkers = 1, 4
+		c.TriggerWorkers, c.DispatchWorkers = 1, 3
 		c.slotWait, c.slowFor = 250*time.Millisecond, time.Hour
 	})
 	b.StartDispatching()
@@ -298,7 +298,7 @@ func TestBusyTriggerIsWaitedFor(t *testing.T) {
 // deliveries is waited for at most slotWindows windows; a worker queued
 // longer stores its delivery, counted busy, and the trigger then counts as
 // slow. Twenty-four workers queue for one slot whose deliveries take 50 ms:
-// the last would wait 1.15 s, past five windows of 200 ms.
+// the last would wait 1.15 s, past slotWindows windows of 200 ms.
 func TestLongQueueForASlotEndsTheWait(t *testing.T) {
 	d := &pacedDeliverer{each: 50 * time.Millisecond, got: map[string]int{}}
 	b, srv := startBrokerWith(t, d, func(c *Config) {
