@@ -266,30 +266,13 @@ func TestDispatcherWaitsForABusySlot(t *testing.T) {
 // directly. Three workers queue for one slot whose deliveries take 100 ms, so
 // the last waits about 300 ms: past its first 250 ms window, within two.
 func TestBusyTriggerIsWaitedFor(t *testing.T) {
-	d := &pacedDeliverer{each: 100 * time.Millisecond, got: map[string]int{}}
-	b, srv := startBrokerWith(t, d, func(c *Config) {
-		c.TriggerWorkers, c.DispatchWorkers = 1, 3
-		c.slotWait, c.slowFor = 250*time.Millisecond, time.Hour
-	})
-	b.StartDispatching()
-	setTriggers(t, b, triggerYAML("busy", "", "{uri: http://busy.invalid/}", ""))
-	const events = 8
-	for i := range events {
-		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("b%d", i)), body: `{}`})
-	}
-	wtest.WaitFor(t, 30*time.Second, func() bool { return len(d.counts()) == events }, "not every event delivered")
-	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	b := dispatchToOneSlot(t, "busy", 100*time.Millisecond, 3, 250*time.Millisecond, 8)
 	if n := storedDeliveries(t, b); n != 0 {
 		t.Errorf("%d deliveries stored, want none: the trigger kept finishing deliveries", n)
 	}
 	for _, outcome := range []string{"timed_out", "busy"} {
 		if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues(outcome)); n != 0 {
 			t.Errorf("slot waits counted %s: %v, want none", outcome, n)
-		}
-	}
-	for id, n := range d.counts() {
-		if n != 1 {
-			t.Errorf("event %s delivered %d times", id, n)
 		}
 	}
 }
@@ -300,19 +283,7 @@ func TestBusyTriggerIsWaitedFor(t *testing.T) {
 // slow. Twenty-four workers queue for one slot whose deliveries take 50 ms:
 // the last would wait 1.15 s, past slotWindows windows of 200 ms.
 func TestLongQueueForASlotEndsTheWait(t *testing.T) {
-	d := &pacedDeliverer{each: 50 * time.Millisecond, got: map[string]int{}}
-	b, srv := startBrokerWith(t, d, func(c *Config) {
-		c.TriggerWorkers, c.DispatchWorkers = 1, 24
-		c.slotWait, c.slowFor = 200*time.Millisecond, time.Hour
-	})
-	b.StartDispatching()
-	setTriggers(t, b, triggerYAML("queued", "", "{uri: http://queued.invalid/}", ""))
-	const events = 30
-	for i := range events {
-		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("q%d", i)), body: `{}`})
-	}
-	wtest.WaitFor(t, 30*time.Second, func() bool { return len(d.counts()) == events }, "not every event delivered")
-	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
+	b := dispatchToOneSlot(t, "queued", 50*time.Millisecond, 24, 200*time.Millisecond, 30)
 	if n := testutil.ToFloat64(b.metrics.SlotWaits.WithLabelValues("busy")); n < 1 {
 		t.Errorf("slot waits counted busy: %v, want at least one", n)
 	}
@@ -322,11 +293,33 @@ func TestLongQueueForASlotEndsTheWait(t *testing.T) {
 	if n := storedDeliveries(t, b); n == 0 {
 		t.Error("no delivery stored, want those whose wait ran out")
 	}
+}
+
+// dispatchToOneSlot publishes events to trigger name, whose subscriber takes
+// each to answer and which has one slot, with workers dispatch workers and
+// slot waits of slotWait (the trigger never counts slow for long: slowFor
+// is an hour), and returns the broker once every event was delivered, each
+// exactly once, and acknowledged.
+func dispatchToOneSlot(t *testing.T, name string, each time.Duration, workers int, slotWait time.Duration, events int) *Broker {
+	t.Helper()
+	d := &pacedDeliverer{each: each, got: map[string]int{}}
+	b, srv := startBrokerWith(t, d, func(c *Config) {
+		c.TriggerWorkers, c.DispatchWorkers = 1, workers
+		c.slotWait, c.slowFor = slotWait, time.Hour
+	})
+	b.StartDispatching()
+	setTriggers(t, b, triggerYAML(name, "", "{uri: http://"+name+".invalid/}", ""))
+	for i := range events {
+		post(t, srv, ingressCase{headers: caseBinary(fmt.Sprintf("%s%d", name, i)), body: `{}`})
+	}
+	wtest.WaitFor(t, 30*time.Second, func() bool { return len(d.counts()) == events }, "not every event delivered")
+	wtest.WaitFor(t, 10*time.Second, func() bool { return streamEmpty(b.conn.Load().js, eventsStream) }, "events not acknowledged")
 	for id, n := range d.counts() {
 		if n != 1 {
 			t.Errorf("event %s delivered %d times", id, n)
 		}
 	}
+	return b
 }
 
 // pacedDeliverer is a subscriber that takes each to answer, and counts

@@ -30,6 +30,8 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	var nAcked atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad() // also when the test fails half-way
 	client := &http.Client{Timeout: 10 * time.Second}
 	for w := range 4 {
 		wg.Go(func() {
@@ -53,21 +55,9 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	for _, in := range n.function(t, "slow").Instances {
 		pids = append(pids, in.PID)
 	}
-	start := time.Now()
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatal("weft did not exit within 60s of SIGTERM")
-	}
-	close(stop)
-	wg.Wait()
-	if code := n.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
-	}
-	t.Logf("exited %v after SIGTERM with %d events acknowledged", time.Since(start).Round(time.Millisecond), nAcked.Load())
+	took := n.terminate()
+	stopLoad()
+	t.Logf("exited %v after SIGTERM with %d events acknowledged", took.Round(time.Millisecond), nAcked.Load())
 	for _, pid := range pids {
 		if pid > 0 && syscall.Kill(pid, 0) != syscall.ESRCH {
 			t.Errorf("worker %d outlived weft", pid)
@@ -119,21 +109,9 @@ spec:
 	testutil.WaitFor(t, 30*time.Second, func() bool { return n.function(t, "late").Restarts > 0 },
 		"the function's instance never failed to start")
 
-	start := time.Now()
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatal("weft did not exit within 60s of SIGTERM")
-	}
-	if code := n.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
-	}
 	// The broker's drain is 10 s; a node that waited for the queued
 	// delivery took 11.6 s here.
-	took := time.Since(start)
+	took := n.terminate()
 	if took >= 8*time.Second {
 		t.Errorf("weft took %v to exit: it waited out its drain for a delivery no instance could take", took.Round(time.Millisecond))
 	}
@@ -148,4 +126,25 @@ spec:
 	if dead := dlqEventIDs(t, n, "to-late"); len(dead) > 0 {
 		t.Errorf("dead-lettered %v: the turned-away delivery was counted as its one attempt", dead)
 	}
+}
+
+// terminate sends SIGTERM and waits for the node to exit 0, at most 60 s;
+// it returns how long the node took.
+func (n *weftNode) terminate() time.Duration {
+	t := n.t
+	t.Helper()
+	start := time.Now()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("weft did not exit within 60s of SIGTERM")
+	}
+	took := time.Since(start)
+	if code := n.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
+	}
+	return took
 }
