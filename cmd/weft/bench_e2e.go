@@ -462,13 +462,28 @@ func newArrivals() (*arrivals, error) {
 			if !ok || err != nil {
 				continue
 			}
-			select {
-			case a.ch <- arrival{id: id, at: time.Unix(0, v)}:
-			default: // nobody waits for it: a stale report
-			}
+			a.push(arrival{id: id, at: time.Unix(0, v)})
 		}
 	})
 	return a, nil
+}
+
+// push queues r; when the queue is full of reports nobody waited for (the
+// hand-started worker's, thousands a round, report to the same address), the
+// oldest goes, not r: dropping the newest once lost the first event of a
+// round, which then counted as an error after a 10 s wait.
+func (a *arrivals) push(r arrival) {
+	for {
+		select {
+		case a.ch <- r:
+			return
+		default:
+		}
+		select {
+		case <-a.ch: // a stale report
+		default:
+		}
+	}
 }
 
 func (a *arrivals) close() {
