@@ -569,7 +569,7 @@ func (p *Pool) rollout(fs *fnState, gen int) {
 	for p.state == poolRunning && fs.gen == gen && p.fns[fs.name] == fs {
 		ready := 0
 		for _, in := range fs.instances {
-			if in.gen == gen && in.state == StateReady && !in.stopping {
+			if in.gen == gen && in.servingLocked() {
 				ready++
 			}
 		}
@@ -749,12 +749,16 @@ func (p *Pool) release(in *instance) {
 // stopped: one whose requests in flight will free a slot.
 func (fs *fnState) hasReadyLocked() bool {
 	for _, in := range fs.instances {
-		if in.state == StateReady && !in.stopping {
+		if in.servingLocked() {
 			return true
 		}
 	}
 	return false
 }
+
+// servingLocked reports whether in takes requests: ready, and not being
+// stopped.
+func (in *instance) servingLocked() bool { return in.state == StateReady && !in.stopping }
 
 // pickLocked returns the ready instance with a free slot and the fewest
 // requests in flight, or nil. Ties go round-robin.
@@ -763,7 +767,7 @@ func (fs *fnState) pickLocked() *instance {
 	n := len(fs.instances)
 	for k := range n {
 		in := fs.instances[(fs.rr+k)%n]
-		if in.state != StateReady || in.stopping {
+		if !in.servingLocked() {
 			continue
 		}
 		if c := in.spec.Concurrency; c > 0 && in.inflight >= c {
