@@ -189,6 +189,11 @@ type Broker struct {
 	ready          chan struct{}
 	readyOnce      sync.Once
 	conn           atomic.Pointer[conn] // set while running
+	// connGate is held for reading by Store calls and for writing by Run
+	// while it takes the connection away at stop: events being stored
+	// when the broker stops are stored (or fail) before it closes the
+	// connection, and Stores that come later are refused at once.
+	connGate sync.RWMutex
 
 	mu      sync.Mutex // guards runners, runCtx, and serialises index swaps
 	runners map[string]*runner
@@ -264,7 +269,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	var stagingLinks []string
 	defer func() {
+		b.connGate.Lock() // each Store in flight ends within PublishTimeout
 		b.conn.Store(nil)
+		b.connGate.Unlock()
 		c.nc.Close()
 		c.ns.Shutdown()
 		c.ns.WaitForShutdown()

@@ -45,6 +45,10 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 	if len(evs) > cap(b.inflight) {
 		return fmt.Errorf("%w: %d events, at most %d", ErrBatchTooLarge, len(evs), cap(b.inflight))
 	}
+	if !b.connGate.TryRLock() {
+		return fmt.Errorf("%w: broker stopping", ErrUnavailable)
+	}
+	defer b.connGate.RUnlock()
 	if b.conn.Load() == nil {
 		return fmt.Errorf("%w: broker not running", ErrUnavailable)
 	}

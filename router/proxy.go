@@ -167,6 +167,9 @@ func (r *Router) serve(w http.ResponseWriter, req *http.Request, owned bool) {
 			status = http.StatusForbidden
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrPerTryTimeout):
 			status = http.StatusGatewayTimeout
+		case IsUnavailable(err):
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", retryAfterUnavailable)
 		}
 		r.log.Debug("routing failed", "host", u.Host, "err", err)
 		http.Error(w, "weft router: "+err.Error(), status)

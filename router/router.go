@@ -38,6 +38,20 @@ var (
 	ErrRouteLoop = errors.New("router: services route to each other in a loop")
 )
 
+// IsUnavailable reports whether err says its backend cannot serve now but
+// may soon: an error in its chain has a method Unavailable() bool that
+// returns true, as the worker pool's errors while its node stops do
+// (Functions.Acquire). The router answers such a call 503 with Retry-After,
+// so that a caller retries, rather than 502.
+func IsUnavailable(err error) bool {
+	var u interface{ Unavailable() bool }
+	return errors.As(err, &u) && u.Unavailable()
+}
+
+// retryAfterUnavailable is the Retry-After, in seconds, of a 503 for an
+// unavailable backend: a restarting node is back within seconds.
+const retryAfterUnavailable = "1"
+
 // maxHops bounds how many Services a request may pass through by naming
 // each other as backends.
 const maxHops = 4
@@ -53,7 +67,8 @@ type Functions interface {
 	// Has reports whether a Function of that name is applied.
 	Has(name string) bool
 	// Acquire reserves a slot on a ready instance, waiting while the function
-	// starts; release must be called once the request ended.
+	// starts; release must be called once the request ended. An error that
+	// IsUnavailable (the node stopping) is answered 503, any other 502.
 	Acquire(ctx context.Context, name string) (addr string, release func(error), err error)
 }
 

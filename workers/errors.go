@@ -13,8 +13,18 @@ var (
 	// "function:NAME" or "function:NAME/path".
 	ErrInvalidTarget = errors.New("workers: invalid target")
 	// ErrStopped is returned by Deliver once the pool's Run has ended.
-	ErrStopped = errors.New("workers: pool stopped")
+	ErrStopped error = unavailableError("workers: pool stopped")
 	// ErrStopping is returned by Deliver, once the pool drains (Drain), for
 	// a function with no ready instance: nothing would start one.
-	ErrStopping = errors.New("workers: pool stopping")
+	ErrStopping error = unavailableError("workers: pool stopping")
 )
+
+// unavailableError is an error after which the function may serve again (on
+// this node after its restart, or on another): the router answers a call
+// that met it 503 Service Unavailable, not 502 (router.IsUnavailable).
+type unavailableError string
+
+func (e unavailableError) Error() string { return string(e) }
+
+// Unavailable marks the error for router.IsUnavailable.
+func (unavailableError) Unavailable() bool { return true }

@@ -19,6 +19,7 @@ type functionView struct {
 	State     string `json:"state"`
 	Desired   int    `json:"desired"`
 	Restarts  int    `json:"restarts"`
+	Waiting   int    `json:"waiting"`
 	Instances []struct {
 		ID  string `json:"id"`
 		PID int    `json:"pid"`

@@ -255,9 +255,17 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		IdleTimeout:       2 * time.Minute,
 	}, node.IngressRequest, log.With("component", "http"))
 
-	// The broker stops first and drains its in-flight deliveries; the pool and
-	// the router it delivers through stop only after it returned (or when a
-	// component fails, since that ends ctx and so the broker).
+	// At stop the broker is told to stop first: it stops dispatching and
+	// drains its in-flight deliveries, and events being stored are stored
+	// before it closes its connection (Broker.Run). Then the pool drains:
+	// nothing new starts, and a call waiting for a function with no ready
+	// instance is turned away (503), whether it came from the broker (which,
+	// stopping, hands its event back for after the restart instead of
+	// counting a failed attempt), the router or the API; so no HTTP request
+	// holds the node's stop waiting for an instance. The HTTP server stops
+	// meanwhile. The pool and the router stop last, once the broker and the
+	// HTTP server are done with them (or when a component fails, since that
+	// ends ctx and so everything above).
 	grp, ctx := errgroup.WithContext(ctx)
 	lower, stopLower := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLower()
@@ -270,13 +278,11 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		grp.Go(func() error { return registry.Run(lower) })
 	}
 	grp.Go(func() error { return meter.Run(lower) })
-	// The HTTP server stops before the broker: requests already being stored
-	// finish against a running JetStream (at most PublishTimeout, 5s) instead
-	// of losing their connection to it half-way.
 	brokerCtx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBroker()
+	brokerDone := make(chan struct{})
 	grp.Go(func() error {
-		defer stopLower()
+		defer close(brokerDone)
 		return b.Run(brokerCtx)
 	})
 	grp.Go(func() error {
@@ -288,19 +294,16 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	})
 	grp.Go(func() error {
 		<-ctx.Done()
-		defer func() {
-			stopBroker()
-			// Then, not before: a delivery the draining pool turns away
-			// finds its broker stopping, and hands its event back for
-			// after the restart instead of counting a failed attempt.
-			pool.Drain()
-		}()
+		stopBroker()
+		pool.Drain() // after stopBroker, not before: see above
 		sctx, cancel := context.WithTimeout(context.Background(), httpDrainTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn("HTTP requests still open at shutdown were cut", "after", httpDrainTimeout, "err", err)
 			_ = srv.Close()
 		}
+		<-brokerDone
+		stopLower()
 		return nil
 	})
 	grp.Go(func() error {

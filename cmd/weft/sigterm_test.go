@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -106,16 +109,37 @@ spec:
 	if code := publishLoad(http.DefaultClient, n.http, "/sigterm", "waits"); code != http.StatusAccepted {
 		t.Fatalf("publish: status %d", code)
 	}
-	testutil.WaitFor(t, 30*time.Second, func() bool { return n.function(t, "late").Restarts > 0 },
-		"the function's instance never failed to start")
+	// Two calls wait for the function too: one through the API (weft
+	// invoke) and one through the router, as a worker calls a function.
+	invoked := make(chan *http.Response, 1)
+	go func() { invoked <- postOrNil("http://"+n.http+"/api/v1/invoke/late", nil) }()
+	proxied := make(chan *http.Response, 1)
+	go func() {
+		proxy := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: n.router})}}
+		proxied <- postOrNil("http://late/", proxy)
+	}()
+	testutil.WaitFor(t, 30*time.Second, func() bool {
+		f := n.function(t, "late")
+		return f.Restarts > 0 && f.Waiting == 3
+	}, "the delivery and the two calls were not all waiting for the function's instance")
 
-	// The broker's drain is 10 s; a node that waited for the queued
-	// delivery took 11.6 s here.
+	// The broker's drain is 10 s, and so is the HTTP server's; a node that
+	// waited for the queued delivery took 11.6 s here, and one that
+	// waited for the API's call 10.1 s.
 	took := n.terminate()
 	if took >= 8*time.Second {
-		t.Errorf("weft took %v to exit: it waited out its drain for a delivery no instance could take", took.Round(time.Millisecond))
+		t.Errorf("weft took %v to exit: it waited out a drain for a delivery or a call no instance could take", took.Round(time.Millisecond))
 	}
 	t.Logf("exited %v after SIGTERM", took.Round(time.Millisecond))
+	for name, ch := range map[string]chan *http.Response{"through the API": invoked, "through the router": proxied} {
+		resp := <-ch // the node exited: the call has its answer or lost its connection
+		switch {
+		case resp == nil:
+			t.Errorf("call %s: no answer before the node exited", name)
+		case resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "":
+			t.Errorf("call %s: status %d, Retry-After %q; want 503 with Retry-After", name, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
 
 	if err := os.Symlink(recorderBin, worker); err != nil {
 		t.Fatal(err)
@@ -147,4 +171,28 @@ func (n *weftNode) terminate() time.Duration {
 		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
 	}
 	return took
+}
+
+// postOrNil POSTs an empty CloudEvent to target with client (the default
+// client when nil) and returns the answer, its body read, or nil when there
+// was none.
+func postOrNil(target string, client *http.Client) *http.Response {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	req, err := http.NewRequest(http.MethodPost, target, strings.NewReader(`{}`))
+	if err != nil {
+		return nil
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "call", "ce-source": "/sigterm", "ce-type": "test.call"} {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
 }

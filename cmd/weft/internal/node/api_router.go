@@ -68,8 +68,12 @@ func (a *API) invoke(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		status := http.StatusBadGateway
-		if errors.Is(err, router.ErrUnknownHost) {
+		switch {
+		case errors.Is(err, router.ErrUnknownHost):
 			status = http.StatusNotFound
+		case router.IsUnavailable(err):
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "1") // as the router's own answer
 		}
 		writeError(w, status, err)
 		return
