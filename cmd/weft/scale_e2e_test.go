@@ -20,6 +20,7 @@ type functionView struct {
 	Desired   int    `json:"desired"`
 	Restarts  int    `json:"restarts"`
 	Waiting   int    `json:"waiting"`
+	InFlight  int    `json:"inFlight"`
 	Instances []struct {
 		ID  string `json:"id"`
 		PID int    `json:"pid"`

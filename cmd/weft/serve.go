@@ -262,10 +262,12 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	// instance is turned away (503), whether it came from the broker (which,
 	// stopping, hands its event back for after the restart instead of
 	// counting a failed attempt), the router or the API; so no HTTP request
-	// holds the node's stop waiting for an instance. The HTTP server stops
-	// meanwhile. The pool and the router stop last, once the broker and the
-	// HTTP server are done with them (or when a component fails, since that
-	// ends ctx and so everything above).
+	// holds the node's stop waiting for an instance. The pool and the router
+	// stop once the broker is done with them (or when a component fails,
+	// since that ends ctx and so everything above): the pool lets requests on
+	// its instances finish, then ends `weft logs -f` streams with the
+	// instances' last lines. Meanwhile the HTTP server stops taking
+	// connections and finishes its requests, which by then all end.
 	grp, ctx := errgroup.WithContext(ctx)
 	lower, stopLower := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLower()
@@ -296,14 +298,18 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		<-ctx.Done()
 		stopBroker()
 		pool.Drain() // after stopBroker, not before: see above
+		<-brokerDone
+		stopLower()
+		return nil
+	})
+	grp.Go(func() error {
+		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), httpDrainTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn("HTTP requests still open at shutdown were cut", "after", httpDrainTimeout, "err", err)
 			_ = srv.Close()
 		}
-		<-brokerDone
-		stopLower()
 		return nil
 	})
 	grp.Go(func() error {

@@ -196,3 +196,90 @@ func postOrNil(target string, client *http.Client) *http.Response {
 	resp.Body.Close()
 	return resp
 }
+
+// TestSIGTERMWithCallsOpen stops weft while a `weft invoke` is on an
+// instance and a `weft logs -f` follows the function: the node waits for the
+// call, which gets its answer, and then ends the log stream cleanly with the
+// instance's last line, instead of holding its stop for the HTTP server's
+// 10 s drain and cutting the stream.
+func TestSIGTERMWithCallsOpen(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	hold := filepath.Join(dir, "hold")
+	writeFile(t, hold, "")
+	manifests := filepath.Join(dir, "manifests")
+	if err := os.MkdirAll(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(manifests, "held.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
+kind: Function
+metadata: {name: held}
+spec:
+  command: [%q]
+  env: [{name: OUT, value: %q}, {name: HOLD_FLAG, value: %q}]
+  scale: {min: 1}
+`, recorderBin, filepath.Join(dir, "received.jsonl"), hold))
+	n := startNode(t, manifests, filepath.Join(dir, "data"))
+	testutil.WaitFor(t, 30*time.Second, func() bool { return len(n.function(t, "held").Instances) == 1 },
+		"the function's instance did not start")
+
+	type stream struct {
+		body string
+		err  error
+	}
+	followed := make(chan stream, 1)
+	go func() {
+		resp, err := http.Get("http://" + n.http + "/api/v1/functions/held/logs?follow=1")
+		if err != nil {
+			followed <- stream{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		followed <- stream{string(body), err}
+	}()
+	invoked := make(chan *http.Response, 1)
+	go func() { invoked <- postOrNil("http://"+n.http+"/api/v1/invoke/held", nil) }()
+	testutil.WaitFor(t, 30*time.Second, func() bool { return n.function(t, "held").InFlight == 1 },
+		"the call did not reach the instance")
+
+	start := time.Now()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(n.log.String(), "worker pool draining") },
+		"the node did not begin to stop")
+	select {
+	case <-n.exited:
+		t.Fatal("weft exited while a call was on its instance")
+	case resp := <-invoked:
+		t.Fatalf("the call ended while its instance still held it: %v", resp)
+	default:
+	}
+	if err := os.Remove(hold); err != nil { // the instance answers now
+		t.Fatal(err)
+	}
+	select {
+	case <-n.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("weft did not exit within 30s of SIGTERM")
+	}
+	took := time.Since(start)
+	if code := n.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("weft exited %d after SIGTERM:\n%s", code, tail(n.log.String(), 30))
+	}
+	if took >= 8*time.Second {
+		t.Errorf("weft took %v to exit: the open log stream held its stop", took.Round(time.Millisecond))
+	}
+	t.Logf("exited %v after SIGTERM", took.Round(time.Millisecond))
+	if resp := <-invoked; resp == nil || resp.StatusCode != http.StatusNoContent {
+		t.Errorf("the call on the instance: %v, want its answer (204)", resp)
+	}
+	s := <-followed
+	if s.err != nil {
+		t.Errorf("the log stream was cut: %v", s.err)
+	}
+	if !strings.Contains(s.body, ": SIGTERM") {
+		t.Errorf("the log stream ended without the instance's last line; it held:\n%s", s.body)
+	}
+}

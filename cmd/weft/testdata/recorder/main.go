@@ -21,6 +21,9 @@
 //   - Events whose type ends in ".call" make it GET $CALL_URL (through
 //     HTTP_PROXY, as any worker calls a service) and record the answer.
 //
+// On SIGTERM it writes "recorder <pid>: SIGTERM" to stderr and exits 0, so
+// a test can see a process's last line in `weft logs`.
+//
 // # Misbehaving on command
 //
 // One recorder can serve many fault cases: each event says how to misbehave,
@@ -67,10 +70,12 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -346,5 +351,12 @@ func main() {
 		}
 		w.WriteHeader(http.StatusOK)
 	})
+	go func() {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		log.Printf("recorder %s: SIGTERM", pid)
+		os.Exit(0)
+	}()
 	log.Fatal(http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil))
 }
