@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,32 +14,6 @@ import (
 	wtest "github.com/weft-dev/weft/internal/testutil"
 )
 
-// runBrokerOn runs a broker on dir until the returned stop is called; stop
-// waits for Run's end.
-func runBrokerOn(t *testing.T, dir string) (b *Broker, stop func()) {
-	t.Helper()
-	b, err := New(Config{DataDir: dir, DrainTimeout: time.Second}, newRecorder(), nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	stop = sync.OnceFunc(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker.Run: %v", err)
-		}
-	})
-	t.Cleanup(stop)
-	select {
-	case <-b.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("broker not ready after 30s")
-	}
-	return b, stop
-}
-
 // TestStopLetsStoresInFlightFinish stops a broker while publishers store
 // events one by one: a Store either stores its event or is refused before
 // it sends anything (the broker is stopping, or stopped); none is cut
@@ -48,7 +21,7 @@ func runBrokerOn(t *testing.T, dir string) (b *Broker, stop func()) {
 // the stream holds exactly the events Store acknowledged.
 func TestStopLetsStoresInFlightFinish(t *testing.T) {
 	dir := t.TempDir()
-	b, stop := runBrokerOn(t, dir)
+	b, stop := runStagingBroker(t, dir, "") // batches staged in dir: the default
 	const publishers = 8
 	var acked atomic.Int64
 	cut := make(chan error, publishers)
@@ -77,7 +50,7 @@ func TestStopLetsStoresInFlightFinish(t *testing.T) {
 		t.Errorf("a Store was cut by the stop: %v", err)
 	}
 
-	b, _ = runBrokerOn(t, dir)
+	b, _ = runStagingBroker(t, dir, "")
 	if got, want := streamMsgs(t, b), uint64(acked.Load()); got != want {
 		t.Errorf("after the restart the stream holds %d events; Store acknowledged %d", got, want)
 	}
