@@ -497,7 +497,7 @@ func sameAddrs(eps []*Endpoint, urls []string) bool {
 func (r *Router) callFunction(req *http.Request, name string, raw bool) (*http.Response, error) {
 	addr, release, err := r.fns.Acquire(req.Context(), name)
 	if err != nil {
-		return nil, fmt.Errorf("function %s: %w", name, err)
+		return nil, err // the pool's errors name the function
 	}
 	resp, err := r.plain.exchange(req.Context(), req, req.Body, target{addr: addr, key: addr, host: name}, time.Time{}, raw)
 	if err != nil {

@@ -688,7 +688,7 @@ func (p *Pool) acquire(ctx context.Context, name string) (*instance, int, error)
 	for {
 		if p.state == poolStopped {
 			p.mu.Unlock()
-			return nil, 0, ErrStopped
+			return nil, 0, fmt.Errorf("function %q: %w", name, ErrStopped)
 		}
 		fs := p.fns[name]
 		if fs == nil {

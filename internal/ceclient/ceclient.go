@@ -42,7 +42,7 @@ func (e *StatusError) Error() string {
 
 // Send POSTs ev to url in binary content mode and returns the reply event, or
 // nil when the 2xx response carries no CloudEvent. A non-2xx answer is a
-// *StatusError; transport failures are returned wrapped.
+// *StatusError; a transport failure is client.Do's *url.Error.
 func Send(ctx context.Context, client *http.Client, url string, ev event.Event) (*event.Event, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
@@ -53,7 +53,7 @@ func Send(ctx context.Context, client *http.Client, url string, ev event.Event) 
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("post to %s: %w", url, err)
+		return nil, err // a *url.Error: it names the method and url already
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
