@@ -195,7 +195,12 @@ type Broker struct {
 	// connection, and Stores that come later are refused at once.
 	connGate sync.RWMutex
 
-	mu      sync.Mutex // guards runners, runCtx, and serialises index swaps
+	// swapMu serialises index swaps and the starting and stopping of
+	// runners they bring; mu guards runners and runCtx and is never held
+	// while a runner stops, since a runner's delivery that stores a reply
+	// looks other runners up (runnerOf) before it can end.
+	swapMu  sync.Mutex
+	mu      sync.Mutex
 	runners map[string]*runner
 	runCtx  context.Context // nil until Run started the runners
 
@@ -320,22 +325,28 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	b.swapMu.Lock()
 	b.mu.Lock()
 	b.runCtx = ctx
 	b.forgetStaleTriggers(ctx, c)
-	b.reconcileLocked(b.index.Load())
+	gone := b.reconcileLocked(b.index.Load())
 	b.mu.Unlock()
+	b.stopRunners(gone)
+	b.swapMu.Unlock()
 	<-ctx.Done()
 
 	sub.stop()
 	stopDispatch()
+	b.swapMu.Lock()
 	b.mu.Lock()
 	b.runCtx = nil // a SetTriggers from now on starts nothing
-	for name, r := range b.runners {
-		r.stop()
-		delete(b.runners, name)
-	}
+	running := b.runners
+	b.runners = map[string]*runner{}
 	b.mu.Unlock()
+	for _, r := range running {
+		r.stop()
+	}
+	b.swapMu.Unlock()
 	b.wg.Wait()
 	return nil
 }
@@ -501,13 +512,17 @@ func (b *Broker) resetConsumers(ctx context.Context, c *conn) error {
 // ones take effect on their next delivery. It never fails half-way: the index
 // was validated when it was built.
 func (b *Broker) SetTriggers(idx *triggers.Index) {
+	b.swapMu.Lock()
+	defer b.swapMu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.index.Store(idx) // under mu, so the index and the runners always agree
 	b.indexVersion.Add(1)
+	var gone map[string]*runner
 	if b.runCtx != nil {
-		b.reconcileLocked(idx)
+		gone = b.reconcileLocked(idx)
 	}
+	b.mu.Unlock()
+	b.stopRunners(gone)
 }
 
 // StartDispatching lets a running broker match stored events against the

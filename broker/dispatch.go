@@ -342,9 +342,9 @@ func (b *Broker) sweep(ctx context.Context, c *conn, done <-chan struct{}) {
 }
 
 // reconcileLocked gives every trigger without one a runner (asleep until
-// woken) and stops the runners of triggers that are gone, deleting their
-// consumer and pending deliveries. b.mu must be held.
-func (b *Broker) reconcileLocked(idx *triggers.Index) {
+// woken) and takes out the runners of triggers that are gone, which it
+// returns for stopRunners. b.mu and b.swapMu must be held.
+func (b *Broker) reconcileLocked(idx *triggers.Index) (gone map[string]*runner) {
 	want := map[string]bool{}
 	for _, tr := range idx.All() {
 		want[tr.Name] = true
@@ -356,8 +356,22 @@ func (b *Broker) reconcileLocked(idx *triggers.Index) {
 		if want[name] {
 			continue
 		}
-		r.stop()
+		if gone == nil {
+			gone = map[string]*runner{}
+		}
+		gone[name] = r
 		delete(b.runners, name)
+	}
+	return gone
+}
+
+// stopRunners stops the runners of triggers that are gone, letting their
+// deliveries in flight end, and deletes their consumers and pending
+// deliveries. b.swapMu must be held (the triggers cannot come back
+// meanwhile), b.mu must not.
+func (b *Broker) stopRunners(gone map[string]*runner) {
+	for name, r := range gone {
+		r.stop()
 		if c := b.conn.Load(); c != nil {
 			b.forgetTrigger(c, name)
 		}
