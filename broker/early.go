@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"runtime"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
@@ -64,8 +63,9 @@ func (b *Broker) dropEarly(id string, e *earlyEvent) {
 }
 
 // startEarly matches ev, stored as stream sequence seq with body data, and
-// starts its direct deliveries, unless the consumer took it first.
-func (b *Broker) startEarly(id string, e *earlyEvent, ev *event.Event, data []byte, seq uint64) {
+// starts its direct deliveries, unless the consumer took it first. It
+// reports whether it started any.
+func (b *Broker) startEarly(id string, e *earlyEvent, ev *event.Event, data []byte, seq uint64) bool {
 	d := b.dispatching.Load()
 	b.earlyMu.Lock()
 	if e.taken || d == nil {
@@ -73,14 +73,14 @@ func (b *Broker) startEarly(id string, e *earlyEvent, ev *event.Event, data []by
 			delete(b.early, id)
 		}
 		b.earlyMu.Unlock()
-		return
+		return false
 	}
 	e.started = true
 	b.earlyMu.Unlock()
 	defer close(e.ready)
 	matched := b.index.Load().MatchBroker(DefaultBroker, *ev)
 	if len(matched) == 0 {
-		return
+		return false
 	}
 	runners := map[string]*runner{}
 	direct := make([]directDelivery, 0, len(matched))
@@ -90,20 +90,14 @@ func (b *Broker) startEarly(id string, e *earlyEvent, ev *event.Event, data []by
 			for _, dd := range direct {
 				b.releaseDirect(dd.r)
 			}
-			return
+			return false
 		}
 		direct = append(direct, directDelivery{r: r, tr: tr, seq: seq, data: data})
 	}
 	b.earlyStarted.Add(1)
 	e.ev = *ev
 	e.results = b.startDirect(d.ctx, d.c, d.fo, *ev, direct)
-	// Store runs on the ingress request's goroutine, which would write the
-	// 202 before the delivery's goroutine, readied just now, gets a thread
-	// (55 µs on average at one connection here, a scheduler trace of `weft
-	// bench e2e`). Yielding lets the delivery go first; the 202 follows once
-	// the delivery waits on its subscriber (bench e2e p50 lower in each of
-	// four A/B pairs, by 1–20 %).
-	runtime.Gosched()
+	return true
 }
 
 // takeEarly is the consumer's side: the early start of the event with

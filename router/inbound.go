@@ -81,7 +81,12 @@ func (in *Inbound) serve(w http.ResponseWriter, req *http.Request) {
 	resp, err := in.router.callFunction(out, name, false)
 	if err != nil {
 		in.log.Debug("inbound call failed", "function", name, "err", err)
-		http.Error(w, "weft inbound: "+err.Error(), http.StatusBadGateway)
+		status := http.StatusBadGateway
+		if IsUnavailable(err) {
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", retryAfterUnavailable)
+		}
+		http.Error(w, "weft inbound: "+err.Error(), status)
 		return
 	}
 	defer resp.Body.Close()
