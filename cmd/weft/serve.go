@@ -263,11 +263,13 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 	// stopping, hands its event back for after the restart instead of
 	// counting a failed attempt), the router or the API; so no HTTP request
 	// holds the node's stop waiting for an instance. The pool and the router
-	// stop once the broker is done with them (or when a component fails,
-	// since that ends ctx and so everything above): the pool lets requests on
-	// its instances finish, then ends `weft logs -f` streams with the
-	// instances' last lines. Meanwhile the HTTP server stops taking
-	// connections and finishes its requests, which by then all end.
+	// stop once the broker and the API's invoke calls are done with them (or
+	// when a component fails, since that ends ctx and so everything above),
+	// not after the whole HTTP drain: the pool lets requests on its instances
+	// finish, then ends `weft logs -f` streams with the instances' last
+	// lines, which the HTTP server's drain would otherwise wait for.
+	// Meanwhile the HTTP server stops taking connections and finishes its
+	// requests (at most httpDrainTimeout).
 	grp, ctx := errgroup.WithContext(ctx)
 	lower, stopLower := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLower()
@@ -299,6 +301,11 @@ func runServe(ctx context.Context, o serveOptions, g *globals, log *slog.Logger)
 		stopBroker()
 		pool.Drain() // after stopBroker, not before: see above
 		<-brokerDone
+		wctx, cancel := context.WithTimeout(context.Background(), httpDrainTimeout)
+		if err := api.WaitInvokes(wctx); err != nil {
+			log.Warn("invoke calls still open at shutdown; stopping the pool under them", "after", httpDrainTimeout, "err", err)
+		}
+		cancel()
 		stopLower()
 		return nil
 	})

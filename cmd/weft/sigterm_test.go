@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -211,9 +212,10 @@ func postOrNil(target string, client *http.Client) *http.Response {
 
 // TestSIGTERMWithCallsOpen stops weft while a `weft invoke` is on an
 // instance and a `weft logs -f` follows the function: the node waits for the
-// call, which gets its answer, and then ends the log stream cleanly with the
-// instance's last line, instead of holding its stop for the HTTP server's
-// 10 s drain and cutting the stream.
+// call, which calls a Service through the router on its way and gets its
+// answer, and then ends the log stream cleanly with the instance's last
+// line, instead of holding its stop for the HTTP server's 10 s drain and
+// cutting the stream.
 func TestSIGTERMWithCallsOpen(t *testing.T) {
 	skipShort(t)
 	dir := t.TempDir()
@@ -223,14 +225,25 @@ func TestSIGTERMWithCallsOpen(t *testing.T) {
 	if err := os.MkdirAll(manifests, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "echo:"+r.URL.Path)
+	}))
+	defer echo.Close()
+	out := filepath.Join(dir, "received.jsonl")
 	writeFile(t, filepath.Join(manifests, "held.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: echo}
+spec:
+  endpoints: [%q]
+---
+apiVersion: weft.dev/v1
 kind: Function
 metadata: {name: held}
 spec:
   command: [%q]
-  env: [{name: OUT, value: %q}, {name: HOLD_FLAG, value: %q}]
+  env: [{name: OUT, value: %q}, {name: HOLD_FLAG, value: %q}, {name: CALL_URL, value: "http://echo/from-held"}]
   scale: {min: 1}
-`, recorderBin, filepath.Join(dir, "received.jsonl"), hold))
+`, echo.URL, recorderBin, out, hold))
 	n := startNode(t, manifests, filepath.Join(dir, "data"))
 	testutil.WaitFor(t, 30*time.Second, func() bool { return len(n.function(t, "held").Instances) == 1 },
 		"the function's instance did not start")
@@ -239,9 +252,10 @@ spec:
 		body string
 		err  error
 	}
-	followed := make(chan stream, 1)
+	followed, following := make(chan stream, 1), make(chan struct{})
 	go func() {
 		resp, err := http.Get("http://" + n.http + "/api/v1/functions/held/logs?follow=1")
+		close(following) // the stream's head is in: it follows
 		if err != nil {
 			followed <- stream{err: err}
 			return
@@ -250,8 +264,13 @@ spec:
 		body, err := io.ReadAll(resp.Body)
 		followed <- stream{string(body), err}
 	}()
+	select {
+	case <-following:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the log stream did not begin")
+	}
 	invoked := make(chan *http.Response, 1)
-	go func() { invoked <- postOrNil("http://"+n.http+"/api/v1/invoke/held", nil) }()
+	go func() { invoked <- postOrNil("http://"+n.http+"/api/v1/invoke/held?type=test.call", nil) }() // .call: it calls echo
 	testutil.WaitFor(t, 30*time.Second, func() bool { return n.function(t, "held").InFlight == 1 },
 		"the call did not reach the instance")
 
@@ -276,6 +295,9 @@ spec:
 	t.Logf("exited %v after SIGTERM", took.Round(time.Millisecond))
 	if resp := <-invoked; resp == nil || resp.StatusCode != http.StatusNoContent {
 		t.Errorf("the call on the instance: %v, want its answer (204)", resp)
+	}
+	if recs := records(t, out); len(recs) != 1 || recs[0]["called"] != "echo:/from-held" {
+		t.Errorf("the instance's records %v; want one, whose call through the router got echo's answer", recs)
 	}
 	s := <-followed
 	if s.err != nil {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +42,55 @@ type API struct {
 	// Ready reports whether every component is up.
 	Ready func() error
 	Log   *slog.Logger
+
+	invokes inflight // invoke calls being answered; see WaitInvokes
+}
+
+// inflight counts calls in flight and lets a stop wait until none is.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{} // closed when n drops to 0
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		f.none = make(chan struct{})
+	}
+	f.n++
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n--
+	if f.n == 0 {
+		close(f.none)
+	}
+}
+
+// WaitInvokes waits until no invoke call is being answered, or returns ctx's
+// error when it ends first. A call on an instance may call other functions
+// through the router, so at a stop the pool and the router stop only after
+// this (a `weft logs -f` stream, which ends only when the pool stops, is not
+// counted).
+func (a *API) WaitInvokes(ctx context.Context) error {
+	f := &a.invokes
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return nil
+	}
+	none := f.none
+	f.mu.Unlock()
+	select {
+	case <-none:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // IngressRequest reports whether r posts CloudEvents to the ingress (POST /

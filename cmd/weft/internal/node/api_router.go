@@ -32,6 +32,8 @@ const invokeTimeout = 60 * time.Second
 // through the router and answers with the reply event, structured, or 204
 // when the callee accepted it without one.
 func (a *API) invoke(w http.ResponseWriter, r *http.Request) {
+	a.invokes.add()
+	defer a.invokes.done()
 	name := r.PathValue("name")
 	if a.Router == nil || !a.Router.Resolves(name) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no function or service %q: %w", name, ErrNotFound))
