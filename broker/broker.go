@@ -189,10 +189,11 @@ type Broker struct {
 	ready          chan struct{}
 	readyOnce      sync.Once
 	conn           atomic.Pointer[conn] // set while running
-	// connGate is held for reading by Store calls and for writing by Run
-	// while it takes the connection away at stop: events being stored
-	// when the broker stops are stored (or fail) before it closes the
-	// connection, and Stores that come later are refused at once.
+	// connGate is held for reading by Store calls and the DLQ's (running),
+	// and for writing by Run while it takes the connection away at stop:
+	// events being stored when the broker stops are stored (or fail) before
+	// it closes the connection, and calls that come later are refused at
+	// once.
 	connGate sync.RWMutex
 
 	// swapMu serialises index swaps and the starting and stopping of
@@ -274,7 +275,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	var stagingLinks []string
 	defer func() {
-		b.connGate.Lock() // each Store in flight ends within PublishTimeout
+		b.connGate.Lock() // calls in flight end: each of their publishes is bounded by PublishTimeout
 		b.conn.Store(nil)
 		b.connGate.Unlock()
 		c.nc.Close()

@@ -437,10 +437,11 @@ func (b *Broker) forgetStaleTriggers(ctx context.Context, c *conn) {
 // handed to its runner: the backlog the autoscaler adds to a function's
 // demand. A sleeping trigger has no consumer; all its stored deliveries wait.
 func (b *Broker) Pending(ctx context.Context, trigger string) (int, error) {
-	c, err := b.running()
+	c, release, err := b.running()
 	if err != nil {
 		return 0, err
 	}
+	defer release()
 	cons, err := c.js.Consumer(ctx, deliveriesStream, consumerName(trigger))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		subject := deliverPrefix + trigger

@@ -181,20 +181,27 @@ func entryFromMsg(seq uint64, subject string, h nats.Header, data []byte) (*DLQE
 	return e, nil
 }
 
-func (b *Broker) running() (*conn, error) {
-	c := b.conn.Load()
-	if c == nil {
-		return nil, fmt.Errorf("%w: broker not running", ErrUnavailable)
+// running returns the connection of a running broker, held open (as Store
+// holds it) until release is called: a call in flight when the broker stops
+// ends before the connection closes.
+func (b *Broker) running() (c *conn, release func(), err error) {
+	if !b.connGate.TryRLock() {
+		return nil, nil, fmt.Errorf("%w: broker stopping", ErrUnavailable)
 	}
-	return c, nil
+	if c = b.conn.Load(); c == nil {
+		b.connGate.RUnlock()
+		return nil, nil, fmt.Errorf("%w: broker not running", ErrUnavailable)
+	}
+	return c, b.connGate.RUnlock, nil
 }
 
 // GetDLQ returns one dead letter, or ErrNotFound.
 func (b *Broker) GetDLQ(ctx context.Context, id uint64) (*DLQEntry, error) {
-	c, err := b.running()
+	c, release, err := b.running()
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	return b.getDLQ(ctx, c, id)
 }
 
@@ -219,10 +226,11 @@ type DLQFilter struct {
 
 // ListDLQ returns the dead letters that match f, oldest first.
 func (b *Broker) ListDLQ(ctx context.Context, f DLQFilter) ([]DLQEntry, error) {
-	c, err := b.running()
+	c, release, err := b.running()
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
@@ -291,10 +299,11 @@ func (b *Broker) ListDLQ(ctx context.Context, f DLQFilter) ([]DLQEntry, error) {
 // PurgeDLQ deletes the dead letters of one trigger, or all when trigger is "",
 // and returns how many it deleted.
 func (b *Broker) PurgeDLQ(ctx context.Context, trigger string) (uint64, error) {
-	c, err := b.running()
+	c, release, err := b.running()
 	if err != nil {
 		return 0, err
 	}
+	defer release()
 	subject := dlqPrefix + ">"
 	if trigger != "" {
 		subject = dlqPrefix + trigger

@@ -64,10 +64,11 @@ func replayOf(msg jetstream.Msg) *replayRef {
 // ReplayDLQ queues the selected dead letters for delivery to their trigger
 // and returns the replay's initial status; poll ReplayProgress for the rest.
 func (b *Broker) ReplayDLQ(ctx context.Context, req ReplayRequest) (*ReplayStatus, error) {
-	c, err := b.running()
+	c, release, err := b.running()
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	var entries []DLQEntry
 	if len(req.IDs) > 0 {
 		for _, id := range req.IDs {
