@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,11 +33,13 @@ func TestWaitInvokesWaitsForInvokeCalls(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 	}))
 	defer instance.Close()
+	unblock := sync.OnceFunc(func() { close(release) })
 	api := &API{Router: router.New(router.Config{}, oneFunction{"f", instance.Listener.Addr().String()}, nil), Log: discard()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/invoke/{name}", api.invoke)
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
+	defer unblock() // before the servers' Close, which waits for the held call
 
 	if err := api.WaitInvokes(t.Context()); err != nil {
 		t.Fatalf("WaitInvokes with no call: %v", err)
@@ -61,7 +64,7 @@ func TestWaitInvokesWaitsForInvokeCalls(t *testing.T) {
 	if err := api.WaitInvokes(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitInvokes while a call is on its instance: %v, want it to wait until its context ends", err)
 	}
-	close(release)
+	unblock()
 	if code := <-answered; code != http.StatusNoContent {
 		t.Fatalf("invoke answered %d, want 204", code)
 	}
