@@ -84,7 +84,7 @@ func (in *Inbound) serve(w http.ResponseWriter, req *http.Request) {
 		status := http.StatusBadGateway
 		if IsUnavailable(err) {
 			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", retryAfterUnavailable)
+			w.Header().Set("Retry-After", RetryAfterUnavailable)
 		}
 		http.Error(w, "weft inbound: "+err.Error(), status)
 		return

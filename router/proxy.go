@@ -169,7 +169,7 @@ func (r *Router) serve(w http.ResponseWriter, req *http.Request, owned bool) {
 			status = http.StatusGatewayTimeout
 		case IsUnavailable(err):
 			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", retryAfterUnavailable)
+			w.Header().Set("Retry-After", RetryAfterUnavailable)
 		}
 		r.log.Debug("routing failed", "host", u.Host, "err", err)
 		http.Error(w, "weft router: "+err.Error(), status)

@@ -48,9 +48,9 @@ func IsUnavailable(err error) bool {
 	return errors.As(err, &u) && u.Unavailable()
 }
 
-// retryAfterUnavailable is the Retry-After, in seconds, of a 503 for an
+// RetryAfterUnavailable is the Retry-After, in seconds, of a 503 for an
 // unavailable backend: a restarting node is back within seconds.
-const retryAfterUnavailable = "1"
+const RetryAfterUnavailable = "1"
 
 // maxHops bounds how many Services a request may pass through by naming
 // each other as backends.

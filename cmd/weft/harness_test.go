@@ -260,8 +260,12 @@ func ids(recs []map[string]string) map[string]int {
 	return out
 }
 
+// writeFile writes path, creating its folder when missing.
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	// Write then rename, as editors do, so the watcher never reads half a file.
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {

@@ -89,9 +89,6 @@ func TestSIGTERMWithAFunctionNeverReady(t *testing.T) {
 	out := filepath.Join(dir, "received.jsonl")
 	worker := filepath.Join(dir, "worker") // created only before the restart
 	manifests := filepath.Join(dir, "manifests")
-	if err := os.MkdirAll(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	writeFile(t, filepath.Join(manifests, "late.yaml"), fmt.Sprintf(`apiVersion: weft.dev/v1
 kind: Function
 metadata: {name: late}
@@ -222,9 +219,6 @@ func TestSIGTERMWithCallsOpen(t *testing.T) {
 	hold := filepath.Join(dir, "hold")
 	writeFile(t, hold, "")
 	manifests := filepath.Join(dir, "manifests")
-	if err := os.MkdirAll(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "echo:"+r.URL.Path)
 	}))

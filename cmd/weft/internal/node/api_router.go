@@ -75,7 +75,7 @@ func (a *API) invoke(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusNotFound
 		case router.IsUnavailable(err):
 			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "1") // as the router's own answer
+			w.Header().Set("Retry-After", router.RetryAfterUnavailable)
 		}
 		writeError(w, status, err)
 		return
