@@ -199,6 +199,7 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 		}
 	}
 	c := b.conn.Load()
+	committedAtomic := false // one fsync for the whole batch, not one per event
 	switch {
 	case c == nil:
 		for _, i := range uniq {
@@ -215,6 +216,7 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 		switch {
 		case err == nil:
 			bt.atomicBatches.Add(1)
+			committedAtomic = true
 		case errors.As(err, &apiErr) || !sent:
 			// The server refused the whole batch and stored none of it
 			// (typically one event is a duplicate, 10201, which must still
@@ -235,6 +237,7 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 			}
 		}
 	}
+	stored := 0
 	for i, it := range batch {
 		r := results[first[i]]
 		if r.err == nil {
@@ -242,6 +245,7 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 				b.metrics.Duplicates.Inc()
 			} else {
 				b.metrics.Stored.Inc()
+				stored++
 			}
 			if it.apart {
 				b.settled.Add(1) // nothing will read it: the compactor's to purge
@@ -265,6 +269,21 @@ func (b *Broker) commit(bt *batcher, batch []storeItem) {
 			}
 		}
 		it.call.resolve(r.err)
+	}
+	b.observeCommits(committedAtomic, stored)
+}
+
+// observeCommits counts the fsynced commits that stored the events of one
+// commit call: one for an atomic batch, one per event published on its own.
+func (b *Broker) observeCommits(atomic bool, stored int) {
+	switch {
+	case b.cfg.RelaxedSync || stored == 0:
+	case atomic:
+		b.metrics.CommitEvents.Observe(float64(stored))
+	default:
+		for range stored {
+			b.metrics.CommitEvents.Observe(1)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	wtest "github.com/weft-dev/weft/internal/testutil"
 )
@@ -213,8 +214,12 @@ func TestStoreSplitsLargeCall(t *testing.T) {
 	if got := streamMsgs(t, b); got != n {
 		t.Fatalf("stream holds %d events, want %d", got, n)
 	}
-	if a := b.batcher().atomicBatches.Load(); a < 3 {
+	a := b.batcher().atomicBatches.Load()
+	if a < 3 {
 		t.Fatalf("%d atomic batches, want at least 3 for %d events of at most %d", a, n, batchMax)
+	}
+	if commits, events := commitEvents(t, b); commits != a || events != n {
+		t.Fatalf("weft_store_commit_events counted %d commits of %d events, want %d of %d", commits, events, a, n)
 	}
 	if len(b.inflight) != 0 {
 		t.Fatalf("%d in-flight slots still held", len(b.inflight))
@@ -233,10 +238,24 @@ func TestLoneStoreNotHeld(t *testing.T) {
 			t.Fatalf("stream holds %d events, want %d", got, i+1)
 		}
 	}
+	if commits, events := commitEvents(t, b); commits != 20 || events != 20 {
+		t.Fatalf("weft_store_commit_events counted %d commits of %d events, want 20 of one each", commits, events)
+	}
 	bt := b.batcher()
 	bt.mu.Lock()
 	defer bt.mu.Unlock()
 	if len(bt.queue) != 0 {
 		t.Fatalf("%d events still queued", len(bt.queue))
 	}
+}
+
+// commitEvents reads weft_store_commit_events: how many fsynced commits it
+// counted and the events they stored.
+func commitEvents(t *testing.T, b *Broker) (commits uint64, events int) {
+	t.Helper()
+	var m dto.Metric
+	if err := b.metrics.CommitEvents.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount(), int(m.GetHistogram().GetSampleSum())
 }
