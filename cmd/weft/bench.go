@@ -67,16 +67,26 @@ type ingestConfig struct {
 	Weft       string
 }
 
-func (c ingestConfig) validate() error {
+// validateClosedLoop checks the flags every closed-loop scenario has.
+func validateClosedLoop(duration time.Duration, concurrency, size, rounds int) error {
 	switch {
-	case c.Duration <= 0:
-		return fmt.Errorf("--duration %s: want more than 0", c.Duration)
-	case c.Concurrency < 1:
-		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
-	case c.Size < 0:
-		return fmt.Errorf("--size %d: want 0 or more", c.Size)
-	case c.Rounds < 1:
-		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
+	case duration <= 0:
+		return fmt.Errorf("--duration %s: want more than 0", duration)
+	case concurrency < 1:
+		return fmt.Errorf("--concurrency %d: want at least 1", concurrency)
+	case size < 0:
+		return fmt.Errorf("--size %d: want 0 or more", size)
+	case rounds < 1:
+		return fmt.Errorf("--rounds %d: want at least 1", rounds)
+	}
+	return nil
+}
+
+func (c ingestConfig) validate() error {
+	if err := validateClosedLoop(c.Duration, c.Concurrency, c.Size, c.Rounds); err != nil {
+		return err
+	}
+	switch {
 	case c.Mode != "binary" && c.Mode != "structured" && c.Mode != "batch":
 		return fmt.Errorf("--mode %q: want binary, structured or batch", c.Mode)
 	case c.Mode == "batch" && c.Batch < 1:
@@ -856,7 +866,7 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 		}
 	}
 	if len(r.Goals) > 0 {
-		writeGoals(w, "issue 5 goals:", r.Goals)
+		writeGoals(w, "issue 5 goals:", r.Goals, 3)
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -687,13 +688,17 @@ func (r *e2eReport) writeTable(w io.Writer) error {
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)
 	}
-	writeGoals(w, "goal 4 (issue 5):", r.Goals)
+	writeGoals(w, "goal 4 (issue 5):", r.Goals, 3)
 	return writeMachine(w, r.Machine, r.Date)
 }
 
-// writeGoals prints goal checks under title.
-func writeGoals(w io.Writer, title string, goals []goalCheck) {
+// writeGoals prints goal checks under title, figures with prec decimals.
+func writeGoals(w io.Writer, title string, goals []goalCheck, prec int) {
 	fmt.Fprintln(w, "\n"+title)
+	width := 0
+	for _, g := range goals {
+		width = max(width, utf8.RuneCountInString(g.Criterion))
+	}
 	for _, g := range goals {
 		verdict := "not measured"
 		if g.Measured {
@@ -705,8 +710,8 @@ func writeGoals(w io.Writer, title string, goals []goalCheck) {
 			if g.AtLeast {
 				cmp = "≥"
 			}
-			verdict = fmt.Sprintf("%.3f %s %s %.3f: %s", g.Got, g.Unit, cmp, g.Bound, verdict)
+			verdict = fmt.Sprintf("%.*f %s %s %.*f: %s", prec, g.Got, g.Unit, cmp, prec, g.Bound, verdict)
 		}
-		fmt.Fprintf(w, "  %-48s %s\n", g.Criterion, verdict)
+		fmt.Fprintf(w, "  %-*s %s\n", width, g.Criterion, verdict)
 	}
 }

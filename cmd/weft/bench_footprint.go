@@ -366,21 +366,6 @@ func (r *footprintReport) writeTable(w io.Writer) error {
 		fmt.Fprintf(w, "\n%d Functions at scale 0: %.1f KiB of RSS each, %d processes under weft\n",
 			r.Functions, r.Weft.PerFunctionRSS/1024, r.Weft.MaxProcesses)
 	}
-	fmt.Fprintln(w, "\ngoal 8 (issue 5):")
-	for _, g := range r.Goals {
-		verdict := "not measured"
-		if g.Measured {
-			verdict = "not met"
-			if g.Met {
-				verdict = "met"
-			}
-			cmp := "≤"
-			if g.AtLeast {
-				cmp = "≥"
-			}
-			verdict = fmt.Sprintf("%.2f %s %s %.2f: %s", g.Got, g.Unit, cmp, g.Bound, verdict)
-		}
-		fmt.Fprintf(w, "  %-52s %s\n", g.Criterion, verdict)
-	}
+	writeGoals(w, "goal 8 (issue 5):", r.Goals, 2)
 	return writeMachine(w, r.Machine, r.Date)
 }

@@ -357,7 +357,7 @@ func (r *goalsReport) writeTable(w io.Writer) error {
 			fmt.Fprintf(w, "\n%s\n  failed: %s\n", title, run.Error)
 			continue
 		}
-		writeGoals(w, title, run.Goals)
+		writeGoals(w, title, run.Goals, 3)
 	}
 	fmt.Fprintf(w, "\n%d of %d measured checks met\n", r.Met, r.Checked)
 	// Not met, one line per criterion naming the runs.

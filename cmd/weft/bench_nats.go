@@ -35,17 +35,7 @@ type natsConfig struct {
 }
 
 func (c natsConfig) validate() error {
-	switch {
-	case c.Duration <= 0:
-		return fmt.Errorf("--duration %s: want more than 0", c.Duration)
-	case c.Concurrency < 1:
-		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
-	case c.Size < 0:
-		return fmt.Errorf("--size %d: want 0 or more", c.Size)
-	case c.Rounds < 1:
-		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
-	}
-	return nil
+	return validateClosedLoop(c.Duration, c.Concurrency, c.Size, c.Rounds)
 }
 
 // natsRequestTimeout bounds one publish's wait for its acknowledgement.
@@ -386,7 +376,7 @@ func (r *natsReport) writeTable(w io.Writer) error {
 		fmt.Fprintln(w)
 	}
 	if len(r.Goals) > 0 {
-		writeGoals(w, "issue 5 goals:", r.Goals)
+		writeGoals(w, "issue 5 goals:", r.Goals, 3)
 	}
 	if r.Weft.FirstError != "" {
 		fmt.Fprintf(w, "\nweft's first failure: %s\n", r.Weft.FirstError)

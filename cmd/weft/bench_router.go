@@ -43,15 +43,8 @@ type routerConfig struct {
 }
 
 func (c routerConfig) validate() error {
-	switch {
-	case c.Duration <= 0:
-		return fmt.Errorf("--duration %s: want more than 0", c.Duration)
-	case c.Concurrency < 1:
-		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
-	case c.Rounds < 1:
-		return fmt.Errorf("--rounds %d: want at least 1", c.Rounds)
-	case c.Size < 0:
-		return fmt.Errorf("--size %d: want 0 or more", c.Size)
+	if err := validateClosedLoop(c.Duration, c.Concurrency, c.Size, c.Rounds); err != nil {
+		return err
 	}
 	if c.NginxWorkers != "auto" {
 		if n, err := strconv.Atoi(c.NginxWorkers); err != nil || n < 1 {
@@ -539,22 +532,7 @@ func (r *routerReport) writeTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\ngoal 6 (issue 5):")
-	for _, g := range r.Goals {
-		verdict := "not measured"
-		if g.Measured {
-			verdict = "not met"
-			if g.Met {
-				verdict = "met"
-			}
-			cmp := "≤"
-			if g.AtLeast {
-				cmp = "≥"
-			}
-			verdict = fmt.Sprintf("%.1f %s %s %.1f: %s", g.Got, g.Unit, cmp, g.Bound, verdict)
-		}
-		fmt.Fprintf(w, "  %-58s %s\n", g.Criterion, verdict)
-	}
+	writeGoals(w, "goal 6 (issue 5):", r.Goals, 1)
 	for _, s := range sides {
 		if s.FirstError != "" {
 			fmt.Fprintf(w, "%s's first failure: %s\n", s.Name, s.FirstError)

@@ -464,6 +464,6 @@ func (r *scaleReport) writeTable(w io.Writer) error {
 			fmt.Fprintf(w, "step's first failure: %s\n", r.Step.FirstError)
 		}
 	}
-	writeGoals(w, "goal 7 (issue 5):", r.Goals)
+	writeGoals(w, "goal 7 (issue 5):", r.Goals, 3)
 	return writeMachine(w, r.Machine, r.Date)
 }
