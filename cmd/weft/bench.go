@@ -154,7 +154,7 @@ it cannot be reached.`,
 					if err := requireNode(ctx, g); err != nil {
 						return nil, err
 					}
-					probes := ingestProbes{weft: nodeCPUProbe(g.client())}
+					probes := ingestProbes{weft: nodeCPUProbe(g.client()), weftCommits: nodeCommitProbe(g.client())}
 					if c.RelaxedServer != "" {
 						probes.relaxed = nodeCPUProbe(&apiClient{base: strings.TrimRight(c.RelaxedServer, "/"), token: g.token, http: &http.Client{}})
 					}
@@ -291,6 +291,10 @@ type ingestReport struct {
 		// ReferenceProcessUs is the bare server in its own process.
 		ReferenceProcessUs float64 `json:"reference_process_us_per_event,omitempty"`
 	} `json:"cpu"`
+	// GroupCommit is how weft's node shared its fsyncs in its rounds
+	// (weft_store_commit_events), medians over rounds; nil when it fsyncs on
+	// an interval or its /metrics is out of reach.
+	GroupCommit *groupCommitStats `json:"group_commit,omitempty"`
 	// Goals holds the checks of issue 5's goals 1, 2a and 3 that the run
 	// measured.
 	Goals   []goalCheck `json:"goals,omitempty"`
@@ -306,9 +310,12 @@ type machineInfo struct {
 	Load1End   float64 `json:"load1_end"`   // and after the last
 }
 
-// ingestProbes read the CPU time of the nodes bench ingest measures; a nil
-// probe is a node whose CPU is not measured.
-type ingestProbes struct{ weft, relaxed cpuProbe }
+// ingestProbes read the CPU time of the nodes bench ingest measures, and
+// the group commits of weft's node; a nil probe is one not measured.
+type ingestProbes struct {
+	weft, relaxed cpuProbe
+	weftCommits   commitProbe
+}
 
 // benchIngest runs cfg's rounds against cfg.Server and a reference server it
 // starts itself, interleaved, and summarizes them. progress, when not nil,
@@ -332,12 +339,14 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	rep.Reference.Target = ref + "/"
 	// HTTP sides in the order each round measures them.
 	type httpSide struct {
-		name string
-		side *benchSide
-		node cpuProbe
-		cpu  []roundCPU // per round, when measured
+		name    string
+		side    *benchSide
+		node    cpuProbe
+		cpu     []roundCPU // per round, when measured
+		commits commitProbe
+		grouped []groupCommitStats // per round, when it committed with fsyncs
 	}
-	weft := &httpSide{name: "weft", side: &rep.Weft, node: probes.weft}
+	weft := &httpSide{name: "weft", side: &rep.Weft, node: probes.weft, commits: probes.weftCommits}
 	reference := &httpSide{name: "reference", side: &rep.Reference}
 	sides := []*httpSide{weft, reference}
 	var refProc *httpSide
@@ -402,7 +411,14 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 		}
 		for _, hs := range sides {
 			name, side := hs.name, hs.side
-			var err error
+			var (
+				err             error
+				commits0        commitReading
+				commitsMeasured bool
+			)
+			if hs.commits != nil {
+				commits0, commitsMeasured = hs.commits(ctx)
+			}
 			st, cpu, ok := cpuPerEvent(ctx, hs.node, func() loadStats {
 				var st loadStats
 				st, err = runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
@@ -418,6 +434,13 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 			side.Rounds = append(side.Rounds, st)
 			if ok {
 				hs.cpu = append(hs.cpu, cpu)
+			}
+			if commitsMeasured {
+				if commits1, ok := hs.commits(ctx); ok {
+					if g, ok := commits1.since(commits0); ok {
+						hs.grouped = append(hs.grouped, g)
+					}
+				}
 			}
 		}
 	}
@@ -454,6 +477,12 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	if c := weft.cpu; len(c) > 0 {
 		rep.CPU.ClientUs = medianOf(c, func(c roundCPU) float64 { return c.self })
 		rep.CPU.WeftNodeUs = medianOf(c, func(c roundCPU) float64 { return c.node })
+	}
+	if g := weft.grouped; len(g) > 0 {
+		rep.GroupCommit = &groupCommitStats{
+			EventsPerCommit: medianOf(g, func(g groupCommitStats) float64 { return g.EventsPerCommit }),
+			LoneCommitsPct:  medianOf(g, func(g groupCommitStats) float64 { return g.LoneCommitsPct }),
+		}
 	}
 	if c := reference.cpu; len(c) > 0 {
 		rep.CPU.ReferenceUs = medianOf(c, func(c roundCPU) float64 { return c.self })
@@ -858,6 +887,9 @@ func (r *ingestReport) writeTable(w io.Writer) error {
 			parts = append(parts, "the server in its own process "+us(c.ReferenceProcessUs))
 		}
 		fmt.Fprintf(w, "CPU per event: %s\n", strings.Join(parts, "; "))
+	}
+	if g := r.GroupCommit; g != nil {
+		fmt.Fprintf(w, "group commit on weft's node: %.1f events per fsynced commit, %.0f %% of commits a lone event\n", g.EventsPerCommit, g.LoneCommitsPct)
 	}
 	if r.Ratio.P50HopSum > 0 {
 		fmt.Fprintf(w, "weft ÷ (reference + JetStream): p50 %s, p99 %s\n", fmtRatio(r.Ratio.P50HopSum), fmtRatio(r.Ratio.P99HopSum))

@@ -280,7 +280,8 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 			run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
 				fmt.Sprintf("weft bench ingest --server %s --relaxed-server %s --concurrency %d %s", nodes.durableURL, nodes.relaxedURL, c, rounds),
 				func() (goalReport, error) {
-					return benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL)}, progress)
+					durable := &apiClient{base: nodes.durableURL, token: token, http: &http.Client{}}
+					return benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL), weftCommits: nodeCommitProbe(durable)}, progress)
 				})
 		}
 		for _, c := range cfg.concurrencies("nats") {

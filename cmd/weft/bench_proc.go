@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -283,18 +284,76 @@ func cpuPerEvent(ctx context.Context, node cpuProbe, run func() loadStats) (load
 
 // nodeCPU reads the node's process_cpu_seconds_total from its /metrics.
 func nodeCPU(ctx context.Context, c *apiClient) (time.Duration, bool) {
+	m, err := nodeMetrics(ctx, c, "process_cpu_seconds_total")
+	secs, ok := m["process_cpu_seconds_total"]
+	return time.Duration(secs * float64(time.Second)), err == nil && ok
+}
+
+// nodeMetrics reads the samples named (as /metrics writes them, labels
+// included) from the /metrics of the node c talks to; a sample it does not
+// find is missing from the map.
+func nodeMetrics(ctx context.Context, c *apiClient, names ...string) (map[string]float64, error) {
 	resp, err := c.send(ctx, http.MethodGet, "/metrics", "", nil)
 	if err != nil {
-		return 0, false
+		return nil, err
 	}
 	defer resp.Body.Close()
+	got := make(map[string]float64, len(names))
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
-			secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return time.Duration(secs * float64(time.Second)), err == nil
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !slices.Contains(names, name) {
+			continue
 		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics %s: %w", name, err)
+		}
+		got[name] = v
 	}
-	return 0, false
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read /metrics: %w", err)
+	}
+	return got, nil
+}
+
+// commitReading is a node's weft_store_commit_events at one moment: its
+// fsynced commits, the events they stored, and the commits of a lone event.
+type commitReading struct{ commits, events, lone float64 }
+
+// commitProbe reads a node's commitReading; false when it cannot.
+type commitProbe func(context.Context) (commitReading, bool)
+
+// nodeCommitProbe reads the group commits of the node c talks to.
+func nodeCommitProbe(c *apiClient) commitProbe {
+	const (
+		count = "weft_store_commit_events_count"
+		sum   = "weft_store_commit_events_sum"
+		lone  = `weft_store_commit_events_bucket{le="1"}`
+	)
+	return func(ctx context.Context) (commitReading, bool) {
+		m, err := nodeMetrics(ctx, c, count, sum, lone)
+		if err != nil || len(m) != 3 {
+			return commitReading{}, false
+		}
+		return commitReading{commits: m[count], events: m[sum], lone: m[lone]}, true
+	}
+}
+
+// groupCommitStats is how a node shared its fsyncs between two readings.
+type groupCommitStats struct {
+	EventsPerCommit float64 `json:"events_per_commit"`
+	// LoneCommitsPct is the share of commits that stored one event.
+	LoneCommitsPct float64 `json:"lone_commits_pct"`
+}
+
+// since is what the node committed from before to r; false when it
+// committed nothing (it fsyncs on an interval).
+func (r commitReading) since(before commitReading) (groupCommitStats, bool) {
+	commits := r.commits - before.commits
+	if commits <= 0 {
+		return groupCommitStats{}, false
+	}
+	return groupCommitStats{EventsPerCommit: (r.events - before.events) / commits, LoneCommitsPct: 100 * (r.lone - before.lone) / commits}, true
 }

@@ -681,6 +681,9 @@ func TestBenchIngestCPU(t *testing.T) {
 	if c := rep.CPU; !(c.WeftNodeUs > 0 && c.ClientUs > 0 && c.ReferenceUs > 0 && c.RelaxedNodeUs > 0 && c.ReferenceProcessUs > 0) {
 		t.Errorf("CPU per event not measured: %+v", c)
 	}
+	if rep.GroupCommit != nil {
+		t.Errorf("group commits reported for a --relaxed-sync node, which fsyncs none: %+v", rep.GroupCommit)
+	}
 	var table bytes.Buffer
 	if err := rep.writeTable(&table); err != nil {
 		t.Fatal(err)
@@ -689,6 +692,55 @@ func TestBenchIngestCPU(t *testing.T) {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
+	}
+}
+
+// TestBenchIngestGroupCommit: against a node that fsyncs before each 202,
+// the report says how many events its fsynced commits stored
+// (weft_store_commit_events, read around weft's rounds only), and it adds
+// up with what the node counted.
+func TestBenchIngestGroupCommit(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	manifests := filepath.Join(dir, "manifests")
+	if err := os.Mkdir(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, manifests, filepath.Join(dir, "data"))
+	var out bytes.Buffer
+	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
+	cmd := newBenchCmd(g)
+	cmd.SetArgs([]string{"ingest", "--jetstream=false", "--reference-process=false", "--duration", "400ms", "--rounds", "2", "--concurrency", "16", "--size", "128"})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var rep ingestReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
+	}
+	gc := rep.GroupCommit
+	if gc == nil {
+		t.Fatalf("no group commits reported: %s", out.String())
+	}
+	if gc.EventsPerCommit < 1 || gc.LoneCommitsPct < 0 || gc.LoneCommitsPct > 100 {
+		t.Errorf("group commits out of range: %+v", gc)
+	}
+	m, err := nodeMetrics(t.Context(), g.client(), "weft_store_commit_events_count", "weft_store_commit_events_sum", "weft_events_stored_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["weft_store_commit_events_sum"] != m["weft_events_stored_total"] || m["weft_store_commit_events_sum"] < float64(rep.Weft.Accepted) {
+		t.Errorf("the node's commits stored %v events; it stored %v and answered 202 to %d", m["weft_store_commit_events_sum"], m["weft_events_stored_total"], rep.Weft.Accepted)
+	}
+	if perCommit := m["weft_store_commit_events_sum"] / m["weft_store_commit_events_count"]; gc.EventsPerCommit > 16 || perCommit > 16 {
+		t.Errorf("more events per commit than 16 connections can have in flight: %v reported, %v on the node", gc.EventsPerCommit, perCommit)
+	}
+	var table bytes.Buffer
+	if err := rep.writeTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "group commit on weft's node") {
+		t.Errorf("table lacks the group commits:\n%s", table.String())
 	}
 }
 
