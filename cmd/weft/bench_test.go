@@ -588,17 +588,17 @@ func TestBenchChildrenDieWithTheBench(t *testing.T) {
 	}
 }
 
-// benchOnNode starts a --relaxed-sync node with no manifests and runs
+// benchOnNode starts a node with no manifests (and nodeFlags) and runs
 // `weft bench` against it with the arguments args gives, -o json; it
 // returns the node and what the bench printed.
-func benchOnNode(t *testing.T, args func(*weftNode) []string) (*weftNode, *bytes.Buffer) {
+func benchOnNode(t *testing.T, args func(*weftNode) []string, nodeFlags ...string) (*weftNode, *bytes.Buffer) {
 	t.Helper()
 	dir := t.TempDir()
 	manifests := filepath.Join(dir, "manifests")
 	if err := os.Mkdir(manifests, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n := startNode(t, manifests, filepath.Join(dir, "data"), "--relaxed-sync")
+	n := startNode(t, manifests, filepath.Join(dir, "data"), nodeFlags...)
 	var out bytes.Buffer
 	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
 	cmd := newBenchCmd(g)
@@ -616,7 +616,7 @@ func TestBenchNATS(t *testing.T) {
 	skipShort(t)
 	n, out := benchOnNode(t, func(n *weftNode) []string {
 		return []string{"nats", "--url", "nats://" + n.nats, "--relaxed-sync", "--weft", weftBin, "--duration", "500ms", "--rounds", "2", "--concurrency", "4", "--size", "128"}
-	})
+	}, "--relaxed-sync")
 	var rep natsReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
@@ -670,7 +670,7 @@ func TestBenchIngestCPU(t *testing.T) {
 	_, out := benchOnNode(t, func(n *weftNode) []string {
 		return []string{"ingest", "--jetstream=false", "--weft", weftBin, "--relaxed-server", "http://" + n.http,
 			"--duration", "300ms", "--rounds", "2", "--concurrency", "4", "--size", "128"}
-	})
+	}, "--relaxed-sync")
 	var rep ingestReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
@@ -701,19 +701,9 @@ func TestBenchIngestCPU(t *testing.T) {
 // up with what the node counted.
 func TestBenchIngestGroupCommit(t *testing.T) {
 	skipShort(t)
-	dir := t.TempDir()
-	manifests := filepath.Join(dir, "manifests")
-	if err := os.Mkdir(manifests, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	n := startNode(t, manifests, filepath.Join(dir, "data"))
-	var out bytes.Buffer
-	g := &globals{server: "http://" + n.http, output: "json", stdout: &out, stderr: io.Discard}
-	cmd := newBenchCmd(g)
-	cmd.SetArgs([]string{"ingest", "--jetstream=false", "--reference-process=false", "--duration", "400ms", "--rounds", "2", "--concurrency", "16", "--size", "128"})
-	if err := cmd.ExecuteContext(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	n, out := benchOnNode(t, func(*weftNode) []string {
+		return []string{"ingest", "--jetstream=false", "--reference-process=false", "--duration", "400ms", "--rounds", "2", "--concurrency", "16", "--size", "128"}
+	})
 	var rep ingestReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out.String())
@@ -725,7 +715,8 @@ func TestBenchIngestGroupCommit(t *testing.T) {
 	if gc.EventsPerCommit < 1 || gc.LoneCommitsPct < 0 || gc.LoneCommitsPct > 100 {
 		t.Errorf("group commits out of range: %+v", gc)
 	}
-	m, err := nodeMetrics(t.Context(), g.client(), "weft_store_commit_events_count", "weft_store_commit_events_sum", "weft_events_stored_total")
+	node := &apiClient{base: "http://" + n.http, http: &http.Client{}}
+	m, err := nodeMetrics(t.Context(), node, "weft_store_commit_events_count", "weft_store_commit_events_sum", "weft_events_stored_total")
 	if err != nil {
 		t.Fatal(err)
 	}
