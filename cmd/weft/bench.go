@@ -412,21 +412,25 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 		for _, hs := range sides {
 			name, side := hs.name, hs.side
 			var (
-				err             error
-				commits0        commitReading
-				commitsMeasured bool
+				err     error
+				st      loadStats
+				cpu     roundCPU
+				ok      bool
+				grouped groupCommitStats
+				gOK     bool
 			)
-			if hs.commits != nil {
-				commits0, commitsMeasured = hs.commits(ctx)
-			}
-			st, cpu, ok := cpuPerEvent(ctx, hs.node, func() loadStats {
-				var st loadStats
-				st, err = runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
-					if progress != nil {
-						fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
-					}
+			// The commits are read outside the CPU's window, so their
+			// scrapes of /metrics do not count as the events' CPU.
+			grouped, gOK = hs.commits.during(ctx, func() {
+				st, cpu, ok = cpuPerEvent(ctx, hs.node, func() loadStats {
+					var st loadStats
+					st, err = runLoad(ctx, side.Target, cfg, func(sent int64, elapsed time.Duration) {
+						if progress != nil {
+							fmt.Fprintf(progress, "\r\033[Kbench ingest: round %d/%d, %s: %.1fs, %d requests", r, cfg.Rounds, name, elapsed.Seconds(), sent)
+						}
+					})
+					return st
 				})
-				return st
 			})
 			if err != nil {
 				return nil, err
@@ -435,12 +439,8 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 			if ok {
 				hs.cpu = append(hs.cpu, cpu)
 			}
-			if commitsMeasured {
-				if commits1, ok := hs.commits(ctx); ok {
-					if g, ok := commits1.since(commits0); ok {
-						hs.grouped = append(hs.grouped, g)
-					}
-				}
+			if gOK {
+				hs.grouped = append(hs.grouped, grouped)
 			}
 		}
 	}

@@ -271,17 +271,15 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 			return nil, err
 		}
 		defer nodes.stop()
-		probe := func(url string) cpuProbe {
-			return nodeCPUProbe(&apiClient{base: url, token: token, http: &http.Client{}})
-		}
+		client := func(url string) *apiClient { return &apiClient{base: url, token: token, http: &http.Client{}} }
 		for _, c := range cfg.concurrencies("ingest") {
 			ic := ingestConfig{Server: nodes.durableURL, RelaxedServer: nodes.relaxedURL, Duration: cfg.Duration, Concurrency: c,
 				Size: 1024, Rounds: cfg.Rounds, Mode: "binary", JetStream: true, Client: clientFastHTTP, OwnProcess: true, Weft: exe}
 			run(fmt.Sprintf("goals 1-3: ingest, %s", plural(c, "connection")),
 				fmt.Sprintf("weft bench ingest --server %s --relaxed-server %s --concurrency %d %s", nodes.durableURL, nodes.relaxedURL, c, rounds),
 				func() (goalReport, error) {
-					durable := &apiClient{base: nodes.durableURL, token: token, http: &http.Client{}}
-					return benchIngest(ctx, ic, ingestProbes{weft: probe(nodes.durableURL), relaxed: probe(nodes.relaxedURL), weftCommits: nodeCommitProbe(durable)}, progress)
+					durable, relaxed := client(nodes.durableURL), client(nodes.relaxedURL)
+					return benchIngest(ctx, ic, ingestProbes{weft: nodeCPUProbe(durable), relaxed: nodeCPUProbe(relaxed), weftCommits: nodeCommitProbe(durable)}, progress)
 				})
 		}
 		for _, c := range cfg.concurrencies("nats") {
@@ -289,7 +287,9 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 				Size: 1024, Rounds: cfg.Rounds, Relaxed: true, OwnProcess: true, Weft: exe}
 			run(fmt.Sprintf("goal 2b: nats, %s", plural(c, "publisher")),
 				fmt.Sprintf("weft bench nats --server %s --url %s --relaxed-sync --concurrency %d %s", nodes.relaxedURL, nc.URL, c, rounds),
-				func() (goalReport, error) { return benchNATS(ctx, nc, probe(nodes.relaxedURL), progress) })
+				func() (goalReport, error) {
+					return benchNATS(ctx, nc, nodeCPUProbe(client(nodes.relaxedURL)), progress)
+				})
 		}
 		nodes.stop() // the scenarios below start nodes of their own
 	}

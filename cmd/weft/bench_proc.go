@@ -348,12 +348,20 @@ type groupCommitStats struct {
 	LoneCommitsPct float64 `json:"lone_commits_pct"`
 }
 
-// since is what the node committed from before to r; false when it
-// committed nothing (it fsyncs on an interval).
-func (r commitReading) since(before commitReading) (groupCommitStats, bool) {
-	commits := r.commits - before.commits
-	if commits <= 0 {
+// during runs run and returns how the node shared its fsyncs meanwhile;
+// false when p is nil, the node cannot be read, or it committed nothing
+// with an fsync (it fsyncs on an interval).
+func (p commitProbe) during(ctx context.Context, run func()) (groupCommitStats, bool) {
+	if p == nil {
+		run()
 		return groupCommitStats{}, false
 	}
-	return groupCommitStats{EventsPerCommit: (r.events - before.events) / commits, LoneCommitsPct: 100 * (r.lone - before.lone) / commits}, true
+	before, ok0 := p(ctx)
+	run()
+	after, ok1 := p(ctx)
+	commits := after.commits - before.commits
+	if !ok0 || !ok1 || commits <= 0 {
+		return groupCommitStats{}, false
+	}
+	return groupCommitStats{EventsPerCommit: (after.events - before.events) / commits, LoneCommitsPct: 100 * (after.lone - before.lone) / commits}, true
 }
