@@ -310,6 +310,11 @@ type machineInfo struct {
 	Load1End   float64 `json:"load1_end"`   // and after the last
 }
 
+// thisMachine describes the machine a scenario runs on, with its load now.
+func thisMachine() machineInfo {
+	return machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}
+}
+
 // ingestProbes read the CPU time of the nodes bench ingest measures, and
 // the group commits of weft's node; a nil probe is one not measured.
 type ingestProbes struct {
@@ -331,7 +336,7 @@ func benchIngest(ctx context.Context, cfg ingestConfig, probes ingestProbes, pro
 	defer stopRef()
 	rep := &ingestReport{Scenario: "ingest", Date: time.Now().UTC().Truncate(time.Second), Mode: cfg.Mode, Size: cfg.Size, Client: cfg.client(),
 		Concurrency: cfg.Concurrency, Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	if cfg.Mode == "batch" {
 		rep.Batch = cfg.Batch
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -228,7 +227,7 @@ func benchE2E(ctx context.Context, cfg e2eConfig, progress io.Writer) (*e2eRepor
 	}
 	rep := &e2eReport{Scenario: "e2e", Date: time.Now().UTC().Truncate(time.Second), Size: cfg.Size,
 		Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 
 	argv := workerArgv(exe, cfg.Worker)
 	reports, err := newArrivals()

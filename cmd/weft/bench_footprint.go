@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -183,7 +182,7 @@ func benchFootprint(ctx context.Context, cfg footprintConfig) (*footprintReport,
 	}
 	rep := &footprintReport{Scenario: "footprint", Date: time.Now().UTC().Truncate(time.Second), Rounds: cfg.Rounds,
 		Settle: cfg.Settle.String(), Functions: cfg.Functions, Embedded: embedded,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	rep.Weft.Target = weftBin + " serve (fresh data folder, no manifests)"
 	rep.NATS.Target = natsBin + " " + strings.Join(natsArgs, " ")
 	if embedded {

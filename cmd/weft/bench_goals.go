@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -228,7 +227,7 @@ func benchGoals(ctx context.Context, cfg goalsConfig, token string, progress io.
 	}
 	rep := &goalsReport{Scenario: "goals", Date: time.Now().UTC().Truncate(time.Second), Weft: exe,
 		Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	step, total := 0, cfg.count()
 	// run measures one scenario and records its checks, or its failure.
 	// Once ctx ends nothing more is run.

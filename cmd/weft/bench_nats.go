@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -150,7 +149,7 @@ func benchNATS(ctx context.Context, cfg natsConfig, node cpuProbe, progress io.W
 	defer js.stop()
 	rep := &natsReport{Scenario: "nats", Date: time.Now().UTC().Truncate(time.Second), Sync: "fsync before every ack",
 		Size: cfg.Size, Concurrency: cfg.Concurrency, Duration: cfg.Duration.String(), Rounds: cfg.Rounds,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	if cfg.Relaxed {
 		rep.Sync = "interval fsync"
 	}

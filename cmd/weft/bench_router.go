@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,7 +210,7 @@ func benchRouter(ctx context.Context, cfg routerConfig, progress io.Writer) (*ro
 	}
 	rep := &routerReport{Scenario: "router", Date: time.Now().UTC().Truncate(time.Second), Concurrency: cfg.Concurrency,
 		Duration: cfg.Duration.String(), Rounds: cfg.Rounds, Size: cfg.Size,
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	rep.Direct.Name, rep.Weft.Name, rep.WeftMTLS.Name, rep.Nginx.Name = "direct", "weft", "weft-mtls", "nginx"
 
 	backend, stopBackend, err := startBackend(cfg.Size, nil)

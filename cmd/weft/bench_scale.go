@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,7 +123,7 @@ func benchScale(ctx context.Context, cfg scaleConfig, progress io.Writer) (*scal
 	}
 	rep := &scaleReport{Scenario: "scale", Date: time.Now().UTC().Truncate(time.Second), Samples: cfg.Samples, Rounds: cfg.Rounds,
 		Worker:  strings.Join(workerArgv(exe, cfg.Worker), " "),
-		Machine: machineInfo{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, Load1Start: loadavg1()}}
+		Machine: thisMachine()}
 	dir, err := os.MkdirTemp("", "weft-bench-scale")
 	if err != nil {
 		return nil, err
