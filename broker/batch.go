@@ -89,19 +89,25 @@ type storeItem struct {
 	call      *storeCall
 }
 
-// storeCall is one Store call waiting for all its events.
-type storeCall struct {
-	b    *Broker
+// countdown is done once each of its outcomes is recorded; it keeps the
+// first error.
+type countdown struct {
 	mu   sync.Mutex
 	left int
 	err  error
 	done chan struct{}
 }
 
-// resolve records the outcome of one of the call's events and releases its
-// in-flight slot; the call is done once every event is resolved.
-func (c *storeCall) resolve(err error) {
-	<-c.b.inflight
+// expect readies c for n outcomes; with none it is done at once.
+func (c *countdown) expect(n int) {
+	c.left, c.done = n, make(chan struct{})
+	if n == 0 {
+		close(c.done)
+	}
+}
+
+// record counts one outcome.
+func (c *countdown) record(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil && c.err == nil {
@@ -111,6 +117,26 @@ func (c *storeCall) resolve(err error) {
 	if c.left == 0 {
 		close(c.done)
 	}
+}
+
+// result is the first error recorded; call it once done is closed.
+func (c *countdown) result() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// storeCall is one Store call waiting for all its events.
+type storeCall struct {
+	b *Broker
+	countdown
+}
+
+// resolve records the outcome of one of the call's events and releases its
+// in-flight slot; the call is done once every event is resolved.
+func (c *storeCall) resolve(err error) {
+	<-c.b.inflight
+	c.record(err)
 }
 
 // batcher is a broker's queue of events waiting to be committed.

@@ -99,7 +99,8 @@ func storeFromWorkers(t *testing.T, b *Broker, source string, workers, per int, 
 // storeItems encodes evs into queue items of one call, as Store does.
 func storeItems(t *testing.T, b *Broker, evs []event.Event) ([]storeItem, *storeCall) {
 	t.Helper()
-	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
+	call := &storeCall{b: b}
+	call.expect(len(evs))
 	items := make([]storeItem, len(evs))
 	for i := range evs {
 		body, err := evs[i].MarshalJSON()

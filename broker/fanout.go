@@ -94,30 +94,15 @@ func (w failedWait) wait(context.Context) error { return w.err }
 
 // fanoutCall is one publish call's deliveries in a batchFanout.
 type fanoutCall struct {
-	mu   sync.Mutex
-	left int
-	err  error
-	done chan struct{}
+	countdown
 }
 
-func (c *fanoutCall) resolve(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err != nil && c.err == nil {
-		c.err = err
-	}
-	c.left--
-	if c.left == 0 {
-		close(c.done)
-	}
-}
+func (c *fanoutCall) resolve(err error) { c.record(err) }
 
 func (c *fanoutCall) wait(ctx context.Context) error {
 	select {
 	case <-c.done:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.err
+		return c.result()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -147,9 +132,9 @@ type batchFanout struct {
 func (f *batchFanout) batches() bool { return true }
 
 func (f *batchFanout) publish(ds []delivery) fanoutWait {
-	call := &fanoutCall{left: len(ds), done: make(chan struct{})}
+	call := &fanoutCall{}
+	call.expect(len(ds))
 	if len(ds) == 0 {
-		close(call.done)
 		return call
 	}
 	f.mu.Lock()

@@ -70,7 +70,8 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 			return ErrOverloaded
 		}
 	}
-	call := &storeCall{b: b, left: len(evs), done: make(chan struct{})}
+	call := &storeCall{b: b}
+	call.expect(len(evs))
 	var itemsOne [1]storeItem // a request's lone event: no allocation
 	items := itemsOne[:]
 	if len(evs) > 1 {
@@ -138,14 +139,13 @@ func (b *Broker) Store(ctx context.Context, evs []event.Event) error {
 // storeResult is the outcome of a Store call whose events all resolved.
 func (b *Broker) storeResult(call *storeCall, items []storeItem) error {
 	<-call.done
-	call.mu.Lock()
-	defer call.mu.Unlock()
-	if call.err == nil {
+	err := call.result()
+	if err == nil {
 		n := 0
 		for _, it := range items {
 			n += len(it.data)
 		}
 		b.storedSince.Add(int64(n))
 	}
-	return call.err
+	return err
 }
