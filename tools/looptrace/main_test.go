@@ -10,11 +10,12 @@ import (
 	"time"
 )
 
-// loopUnderTest waits for work twice and fsyncs a file once, as a stream's
-// loop does, so that the trace has each state to find.
-func loopUnderTest(file *os.File, work <-chan struct{}, done chan<- struct{}) {
+// loopUnderTest waits twice for work (a timer's tick, pause long) and
+// fsyncs a file once, as a stream's loop does, so that the trace has each
+// state to find.
+func loopUnderTest(file *os.File, pause time.Duration, done chan<- struct{}) {
 	for range 2 {
-		<-work
+		<-time.After(pause)
 	}
 	_, _ = file.Write([]byte("x"))
 	_ = file.Sync()
@@ -33,13 +34,9 @@ func TestSummarize(t *testing.T) {
 	if err := trace.Start(&buf); err != nil {
 		t.Fatal(err)
 	}
-	work, done := make(chan struct{}), make(chan struct{})
-	go loopUnderTest(file, work, done)
 	const pause = 20 * time.Millisecond
-	for range 2 {
-		time.Sleep(pause) // the loop's wait for work, the thing measured
-		work <- struct{}{}
-	}
+	done := make(chan struct{})
+	go loopUnderTest(file, pause, done)
 	<-done
 	trace.Stop()
 
